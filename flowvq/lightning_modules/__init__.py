@@ -1,0 +1,18 @@
+"""One LightningModule per trainable model; imported lazily so `import flowvq` stays light."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_MODULES = {
+    "EmotionClassifier": "flowvq.lightning_modules.emotion_classifier",
+}
+
+__all__ = list(_MODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return getattr(importlib.import_module(_MODULES[name]), name)
+    raise AttributeError(f"module 'flowvq.lightning_modules' has no attribute {name!r}")

@@ -1,0 +1,117 @@
+"""The ``flowvq`` command.
+
+``flowvq fit|validate|test|predict --config configs/<model>.yaml`` go to LightningCLI; every
+other subcommand is a typed function whose docstring is its ``--help``::
+
+    flowvq synth --out data/synth --preset tiny --seed 0
+    flowvq fit --config configs/tiny/emotion_classifier.yaml
+    flowvq fit --config configs/emotion_classifier.yaml --print_config
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["COMMANDS", "FlowvqCLI", "main"]
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+#: Subcommand -> "module:function", or a group of them. Imported only when used.
+COMMANDS: dict[str, str | dict[str, str]] = {
+    "synth": "flowvq.data.synth:synth",
+    "demo": "flowvq.pipeline.demo:demo",
+}
+
+#: Model constructor arguments that the CLI fills from the dataset card (unless set).
+CARD_ARGUMENTS = ("exp_dim", "pose_dim", "mel_bins", "mel_per_frame", "num_emotions")
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _lightning_cli_class() -> type:
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    class FlowvqCLI(LightningCLI):
+        """LightningCLI that sizes the model from the dataset card of the configured data.
+
+        Every model constructor argument in ``CARD_ARGUMENTS`` that the config leaves unset
+        (``None``) is taken from ``<data.root>/dataset.json``; so one YAML trains on SynthTalk,
+        MEAD or LRS3 with no change but the data path.
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("subclass_mode_model", True)
+            kwargs.setdefault("subclass_mode_data", True)
+            kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+            kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
+            super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            fill_from_card(config)
+
+    return FlowvqCLI
+
+
+def fill_from_card(config: Any) -> None:
+    """Set the model's card-derived sizes (E, P, mel layout) from the data root's card."""
+    from flowvq.data.card import DatasetCard
+
+    data_args = getattr(config.data, "init_args", None)
+    root = getattr(data_args, "root", None) if data_args is not None else None
+    model_args = getattr(config.model, "init_args", None)
+    if root is None or model_args is None:
+        return
+    card = DatasetCard.load(root)
+    module, _, name = config.model.class_path.rpartition(".")
+    model_class = getattr(importlib.import_module(module), name)
+    parameters = inspect.signature(model_class.__init__).parameters
+    for key, value in card.dims().items():
+        if key in parameters and getattr(model_args, key, None) is None:
+            model_args[key] = value
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FlowvqCLI":  # built lazily: importing flowvq.cli must not import Lightning
+        return _lightning_cli_class()
+    raise AttributeError(name)
+
+
+def _commands() -> dict[str, Any]:
+    def load(entry: str | dict[str, str]) -> Any:
+        if isinstance(entry, dict):
+            return {name: load(target) for name, target in entry.items()}
+        return _resolve(entry)
+
+    return {name: load(entry) for name, entry in COMMANDS.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``flowvq`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        _lightning_cli_class()(args=argv)
+        return
+    from jsonargparse import CLI
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "flowvq: emotional audio-driven talking-face generation.\n\n"
+            "  flowvq {fit,validate,test,predict} --config configs/<model>.yaml   (LightningCLI)\n"
+            f"  flowvq {{{','.join(COMMANDS)}}} --help\n"
+        )
+        if not argv:
+            raise SystemExit(2)
+    CLI(_commands(), args=argv, as_positional=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Coefficient-sequence emotion classifier: the evaluation network for generated expressions.
+
+Later stages score the emotion accuracy of the coefficients a generator samples with it, so
+it is trained for speaker-independent accuracy (evaluated on held-out speakers) and for
+robustness to generated input (noise and amplitude augmentation on the normalised exp).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from flowvq.data.schema import EMOTIONS, INTENSITY_LEVELS
+from flowvq.lightning_modules.common import check_module_against_data, confusion_figure, tensorboard
+from flowvq.nn.temporal import TemporalConvEncoder
+
+__all__ = ["EmotionClassifier"]
+
+
+class EmotionClassifier(LightningModule):
+    """Classify the emotion (and, as an auxiliary task, the intensity) of a coefficient window.
+
+    Input is the DataModule's normalised ``exp`` (optionally with ``pose``) of shape
+    ``(B, T, E)``; clips of unknown emotion (``-1``, e.g. LRS3) are ignored by the loss.
+
+    Arguments:
+        exp_dim, pose_dim, num_emotions: filled from the dataset card by the CLI.
+        use_pose: also feed head pose (pose carries some emotion energy, but the default
+            scores expression alone, which is what the expression generators produce).
+        hidden, layers, kernel_size, dropout: the temporal conv encoder.
+        intensity_weight: weight of the auxiliary intensity loss (0 disables it).
+        label_smoothing: on the emotion cross-entropy.
+        input_noise, amplitude_jitter: train-time augmentation: Gaussian noise (in units of
+            the train std) and a random per-window gain on the expression, so generated
+            coefficients, which are never exactly like real ones, are still scored well.
+        lr, weight_decay: AdamW with cosine decay over the trainer's ``max_epochs``.
+    """
+
+    def __init__(
+        self,
+        exp_dim: int | None = None,
+        pose_dim: int | None = None,
+        num_emotions: int | None = None,
+        use_pose: bool = False,
+        hidden: int = 128,
+        layers: int = 4,
+        kernel_size: int = 5,
+        dropout: float = 0.1,
+        intensity_weight: float = 0.2,
+        label_smoothing: float = 0.05,
+        input_noise: float = 0.1,
+        amplitude_jitter: float = 0.15,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        if exp_dim is None or num_emotions is None:
+            raise ValueError(
+                "EmotionClassifier needs exp_dim and num_emotions: the CLI fills them from the dataset "
+                "card (data.init_args.root); in Python pass them, e.g. from `datamodule.dims`"
+            )
+        if use_pose and pose_dim is None:
+            raise ValueError("use_pose=True needs pose_dim (filled from the dataset card by the CLI)")
+        self.save_hyperparameters()
+        in_dim = exp_dim + (pose_dim if use_pose else 0)
+        self.encoder = TemporalConvEncoder(in_dim, hidden, layers, kernel_size, dropout)
+        self.emotion_head = nn.Linear(hidden, num_emotions)
+        self.intensity_head = nn.Linear(hidden, INTENSITY_LEVELS)
+        self.accuracy = nn.ModuleDict(
+            {split: MulticlassAccuracy(num_emotions, ignore_index=-1) for split in ("train", "val", "test")}
+        )
+        self.confusion = nn.ModuleDict(
+            {split: MulticlassConfusionMatrix(num_emotions, ignore_index=-1) for split in ("val", "test")}
+        )
+
+    @property
+    def emotion_names(self) -> list[str]:
+        n = self.hparams.num_emotions
+        return list(EMOTIONS[:n]) if n <= len(EMOTIONS) else [str(i) for i in range(n)]
+
+    def setup(self, stage: str) -> None:
+        check_module_against_data(self)
+
+    def forward(self, exp: Tensor, pose: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``exp`` (B, T, E) [+ ``pose`` (B, T, P)], ``mask`` (B, T) -> emotion and intensity logits."""
+        if exp.shape[-1] != self.hparams.exp_dim:
+            raise ValueError(f"expected expression of size E={self.hparams.exp_dim}, got shape {tuple(exp.shape)}")
+        x = exp
+        if self.hparams.use_pose:
+            if pose is None:
+                raise ValueError("this classifier was trained with use_pose=True: pass pose as well")
+            x = torch.cat([exp, pose], dim=-1)
+        h = self.encoder(x, mask)  # (B, H)
+        return self.emotion_head(h), self.intensity_head(h)
+
+    @torch.no_grad()
+    def predict_proba(self, exp: Tensor, pose: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Emotion probabilities ``(B, num_emotions)`` of normalised sequences of any length."""
+        was_training = self.training
+        self.eval()
+        logits, _ = self(exp.to(self.device, self.dtype), None if pose is None else pose.to(self.device), mask)
+        self.train(was_training)
+        return logits.softmax(-1)
+
+    def _augment(self, exp: Tensor) -> Tensor:
+        gain = 1 + self.hparams.amplitude_jitter * torch.randn(exp.shape[0], 1, 1, device=exp.device)
+        return exp * gain + self.hparams.input_noise * torch.randn_like(exp)
+
+    def _step(self, batch: dict[str, Any], split: str) -> Tensor:
+        exp = batch["exp"]
+        if split == "train":
+            exp = self._augment(exp)
+        emotion_logits, intensity_logits = self(exp, batch.get("pose"), batch.get("mask"))
+        emotion, intensity = batch["emotion"], batch["intensity"]
+        loss = F.cross_entropy(
+            emotion_logits, emotion, ignore_index=-1, label_smoothing=self.hparams.label_smoothing
+        ) if (emotion >= 0).any() else emotion_logits.sum() * 0
+        if self.hparams.intensity_weight > 0 and (intensity >= 0).any():
+            loss = loss + self.hparams.intensity_weight * F.cross_entropy(intensity_logits, intensity, ignore_index=-1)
+        batch_size = exp.shape[0]
+        self.log(f"{split}/loss", loss, prog_bar=split != "train", batch_size=batch_size, sync_dist=split != "train")
+        self.accuracy[split](emotion_logits, emotion)
+        self.log(f"{split}/accuracy", self.accuracy[split], prog_bar=True, batch_size=batch_size, on_epoch=True)
+        if split in self.confusion:
+            self.confusion[split](emotion_logits, emotion)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _log_confusion(self, split: str) -> None:
+        matrix = self.confusion[split].compute().cpu().numpy()
+        self.confusion[split].reset()
+        writer = tensorboard(self)
+        if writer is not None and self.trainer.is_global_zero:
+            figure = confusion_figure(matrix, self.emotion_names, f"{split} confusion, epoch {self.current_epoch}")
+            writer.add_figure(f"{split}/confusion", figure, global_step=self.global_step)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_confusion("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_confusion("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        epochs = self.trainer.max_epochs if self._trainer is not None else None
+        epochs = epochs if epochs and epochs > 0 else 100
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=self.hparams.lr * 0.02)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
