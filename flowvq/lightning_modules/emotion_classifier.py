@@ -71,12 +71,12 @@ class EmotionClassifier(LightningModule):
         self.encoder = TemporalConvEncoder(in_dim, hidden, layers, kernel_size, dropout)
         self.emotion_head = nn.Linear(hidden, num_emotions)
         self.intensity_head = nn.Linear(hidden, INTENSITY_LEVELS)
-        self.accuracy = nn.ModuleDict(
-            {split: MulticlassAccuracy(num_emotions, ignore_index=-1) for split in ("train", "val", "test")}
-        )
-        self.confusion = nn.ModuleDict(
-            {split: MulticlassConfusionMatrix(num_emotions, ignore_index=-1) for split in ("val", "test")}
-        )
+        # one metric object per split ("train" cannot be a ModuleDict key: it is a Module method)
+        self.train_accuracy = MulticlassAccuracy(num_emotions, ignore_index=-1)
+        self.val_accuracy = MulticlassAccuracy(num_emotions, ignore_index=-1)
+        self.test_accuracy = MulticlassAccuracy(num_emotions, ignore_index=-1)
+        self.val_confusion = MulticlassConfusionMatrix(num_emotions, ignore_index=-1)
+        self.test_confusion = MulticlassConfusionMatrix(num_emotions, ignore_index=-1)
 
     @property
     def emotion_names(self) -> list[str]:
@@ -111,23 +111,30 @@ class EmotionClassifier(LightningModule):
         gain = 1 + self.hparams.amplitude_jitter * torch.randn(exp.shape[0], 1, 1, device=exp.device)
         return exp * gain + self.hparams.input_noise * torch.randn_like(exp)
 
-    def _step(self, batch: dict[str, Any], split: str) -> Tensor:
-        exp = batch["exp"]
-        if split == "train":
-            exp = self._augment(exp)
+    def loss(self, batch: dict[str, Any], augment: bool = False) -> tuple[Tensor, Tensor]:
+        """Cross-entropy on emotion (+ weighted intensity); labels of -1 are ignored."""
+        exp = self._augment(batch["exp"]) if augment else batch["exp"]
         emotion_logits, intensity_logits = self(exp, batch.get("pose"), batch.get("mask"))
         emotion, intensity = batch["emotion"], batch["intensity"]
-        loss = F.cross_entropy(
-            emotion_logits, emotion, ignore_index=-1, label_smoothing=self.hparams.label_smoothing
-        ) if (emotion >= 0).any() else emotion_logits.sum() * 0
+        loss = emotion_logits.sum() * 0  # keeps the graph when a batch has no labels at all
+        if (emotion >= 0).any():
+            loss = loss + F.cross_entropy(
+                emotion_logits, emotion, ignore_index=-1, label_smoothing=self.hparams.label_smoothing
+            )
         if self.hparams.intensity_weight > 0 and (intensity >= 0).any():
             loss = loss + self.hparams.intensity_weight * F.cross_entropy(intensity_logits, intensity, ignore_index=-1)
-        batch_size = exp.shape[0]
+        return loss, emotion_logits
+
+    def _step(self, batch: dict[str, Any], split: str) -> Tensor:
+        loss, emotion_logits = self.loss(batch, augment=split == "train")
+        emotion = batch["emotion"]
+        batch_size = emotion.shape[0]
         self.log(f"{split}/loss", loss, prog_bar=split != "train", batch_size=batch_size, sync_dist=split != "train")
-        self.accuracy[split](emotion_logits, emotion)
-        self.log(f"{split}/accuracy", self.accuracy[split], prog_bar=True, batch_size=batch_size, on_epoch=True)
-        if split in self.confusion:
-            self.confusion[split](emotion_logits, emotion)
+        accuracy = getattr(self, f"{split}_accuracy")
+        accuracy(emotion_logits, emotion)
+        self.log(f"{split}/accuracy", accuracy, prog_bar=True, batch_size=batch_size, on_epoch=True)
+        if split != "train":
+            getattr(self, f"{split}_confusion")(emotion_logits, emotion)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -140,8 +147,9 @@ class EmotionClassifier(LightningModule):
         self._step(batch, "test")
 
     def _log_confusion(self, split: str) -> None:
-        matrix = self.confusion[split].compute().cpu().numpy()
-        self.confusion[split].reset()
+        confusion = getattr(self, f"{split}_confusion")
+        matrix = confusion.compute().cpu().numpy()
+        confusion.reset()
         writer = tensorboard(self)
         if writer is not None and self.trainer.is_global_zero:
             figure = confusion_figure(matrix, self.emotion_names, f"{split} confusion, epoch {self.current_epoch}")

@@ -7,31 +7,38 @@ expression sequences); length-agnostic, so it scores a training window or a whol
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 __all__ = ["AttentionPool", "TemporalConvEncoder"]
 
 
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each time step of ``(B, D, T)``: no statistics across time,
+    so padded frames cannot change the valid frames' features (unlike GroupNorm)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rearrange(super().forward(rearrange(x, "b d t -> b t d")), "b t d -> b d t")
+
+
 class ResidualTemporalBlock(nn.Module):
-    """Pre-norm residual block: GroupNorm -> GELU -> dilated Conv1d, twice."""
+    """Pre-norm residual block: norm -> GELU -> dilated Conv1d, twice, masked in between."""
 
     def __init__(self, channels: int, kernel_size: int, dilation: int, dropout: float) -> None:
         super().__init__()
         padding = dilation * (kernel_size - 1) // 2
-        self.body = nn.Sequential(
-            nn.GroupNorm(8, channels),
-            nn.GELU(),
-            nn.Conv1d(channels, channels, kernel_size, padding=padding, dilation=dilation),
-            nn.GroupNorm(8, channels),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Conv1d(channels, channels, kernel_size, padding=padding, dilation=dilation),
-        )
+        self.norm1 = ChannelNorm(channels)
+        self.conv1 = nn.Conv1d(channels, channels, kernel_size, padding=padding, dilation=dilation)
+        self.norm2 = ChannelNorm(channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=padding, dilation=dilation)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        # masked frames are zeroed so that padding never leaks into valid frames' features
-        return (x + self.body(x)) * mask
+        """``x`` (B, D, T), ``mask`` (B, 1, T); padded frames are zeroed before every conv."""
+        h = self.conv1(F.gelu(self.norm1(x)) * mask)
+        h = self.conv2(self.dropout(F.gelu(self.norm2(h))) * mask)
+        return (x + h) * mask
 
 
 class AttentionPool(nn.Module):
