@@ -151,7 +151,7 @@ class StandardGaussian(LatentPrior):
         intensity: Tensor | None = None,
         loc: Tensor | None = None,
     ) -> Tensor:
-        noise = torch.randn(num, self.features, device=self._log_z.device)
+        noise = torch.randn(num, self.features, device=self._log_z.device, dtype=self._log_z.dtype)
         temperature = torch.as_tensor(temperature, dtype=noise.dtype, device=noise.device).reshape(-1, 1)
         base = loc if loc is not None else torch.zeros_like(noise)
         return base + temperature * noise
@@ -266,7 +266,7 @@ class GaussianMixture(_Mixture):
         return (-0.5 * u.pow(2) - log_scale - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     def _standard_noise(self, component: Tensor) -> Tensor:
-        return torch.randn(component.shape[0], self.features, device=self.loc.device)
+        return torch.randn(component.shape[0], self.features, device=self.loc.device, dtype=self.loc.dtype)
 
 
 class StudentTMixture(_Mixture):

@@ -1,0 +1,403 @@
+"""The conditional coefficient flow shared by ExpFlow and PoseFlow (MoGlow-style).
+
+Each video frame's coefficient vector ``x_t`` (D dims: expression, or pose [+ blink]) is
+mapped to a latent ``z_t`` by a conditional Glow-like flow (ActNorm -> invertible linear ->
+affine coupling, repeated). The coupling networks see a per-frame context built from
+
+- the audio window around the frame (:class:`~flowvq.nn.audio_encoder.AudioWindowEncoder`),
+- the previous K frames ``x_{t-K..t-1}`` and a mask of which of them exist,
+- the state of a recurrent network (GRU or LSTM) run over the audio codes and those previous
+  frames, which carries longer memory.
+
+Since the context of frame t never contains ``x_t``, the teacher-forced log-likelihood of a
+window is computed for all frames at once (one recurrent pass, one batched flow call), while
+sampling runs frame by frame (:meth:`CoefficientFlowNet.step`), each step inverting the flow
+for the new frame and appending it to the history: coupling transforms make each step a few
+small matrix products, never a per-dimension loop.
+
+**Data dropout** (FlowVQTalker; MoGlow's autoregressive dropout): in training, the previous
+frames are hidden with probability ``data_dropout``: zeroed, with their "present" mask
+cleared, exactly as at the start of a clip. ``data_dropout_mode="frame"`` (default) draws
+this independently for every frame's history; ``"sequence"`` hides the history of whole
+windows. The recurrent network receives the same (dropped) history, so it cannot bypass it.
+
+Emotion enters only through the prior's component (and intensity through its location):
+the flow itself is shared by every emotion, as in the paper.
+
+References:
+    FlowVQTalker, https://arxiv.org/abs/2403.06375.
+    MoGlow, Henter et al. 2020, https://arxiv.org/abs/1905.06598.
+    Glow, Kingma & Dhariwal 2018, https://arxiv.org/abs/1807.03039.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from einops import rearrange
+from nflows.nn.nets import ResidualNet
+from nflows.transforms import (
+    ActNorm,
+    AffineCouplingTransform,
+    CompositeTransform,
+    LULinear,
+    RandomPermutation,
+    ReversePermutation,
+)
+from torch import Tensor, nn
+
+from flowvq.nn.audio_encoder import AudioWindowEncoder
+from flowvq.nn.priors import GaussianMixture, LatentPrior, StudentTMixture, make_prior
+
+__all__ = ["CoefficientFlowNet", "ConditionalFrameFlow", "FlowState"]
+
+
+class ConditionalFrameFlow(nn.Module):
+    """A conditional Glow over one frame: ``x [N, D] <-> z [N, D]`` given ``context [N, H]``.
+
+    Arguments:
+        features: D (at least 2, so coupling has two halves).
+        context_features: H.
+        layers: number of (ActNorm, linear, coupling) steps.
+        hidden: width of the coupling networks (nflows ``ResidualNet``).
+        blocks: residual blocks per coupling network.
+        linear: ``"lu"`` (invertible 1x1 as an LU-factorised matrix), ``"permutation"``
+            (a fixed random permutation) or ``"reverse"``.
+        seed: seeds the random permutations so that two builds of the same config agree.
+
+    Example:
+        >>> flow = ConditionalFrameFlow(4, 3, layers=2, hidden=8).eval()
+        >>> x, c = torch.randn(5, 4), torch.randn(5, 3)
+        >>> z, logdet = flow(x, c)
+        >>> torch.allclose(flow.inverse(z, c)[0], x, atol=1e-5)
+        True
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context_features: int,
+        layers: int = 4,
+        hidden: int = 128,
+        blocks: int = 2,
+        linear: Literal["lu", "permutation", "reverse"] = "lu",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if features < 2:
+            raise ValueError(f"a coupling flow needs at least 2 features, got {features}")
+        if linear not in ("lu", "permutation", "reverse"):
+            raise ValueError(f"linear must be 'lu', 'permutation' or 'reverse', got {linear!r}")
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        steps = []
+        for index in range(layers):
+            norm = ActNorm(features)
+            # The flows see standardised coefficients, so ActNorm starts at identity instead
+            # of its data-dependent initialisation, which would differ between DDP ranks.
+            norm.initialized.fill_(True)
+            steps.append(norm)
+            if linear == "lu":
+                steps.append(LULinear(features, identity_init=True))
+            elif linear == "permutation":
+                steps.append(RandomPermutation(features))
+            else:
+                steps.append(ReversePermutation(features))
+            mask = (torch.arange(features) + index) % 2
+            steps.append(
+                AffineCouplingTransform(
+                    mask,
+                    lambda inputs, outputs: _coupling_net(inputs, outputs, hidden, context_features, blocks),
+                )
+            )
+        torch.random.set_rng_state(generator_state)
+        self.transform = CompositeTransform(steps)
+        self.features = features
+
+    def forward(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Data to latent: ``(z [N, D], log|det dz/dx| [N])``."""
+        return self.transform(x, context=context)
+
+    def inverse(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent to data: ``(x [N, D], log|det dx/dz| [N])``."""
+        return self.transform.inverse(z, context=context)
+
+
+def _coupling_net(inputs: int, outputs: int, hidden: int, context: int, blocks: int) -> nn.Module:
+    net = ResidualNet(inputs, outputs, hidden, context_features=context, num_blocks=blocks)
+    # Zero last layer: every coupling starts as the same mild fixed scale, no shift, so a new
+    # flow is close to linear and training starts stable.
+    nn.init.zeros_(net.final_layer.weight)
+    nn.init.zeros_(net.final_layer.bias)
+    return net
+
+
+@dataclass
+class FlowState:
+    """What streaming generation carries from frame to frame.
+
+    Attributes:
+        history: the last K generated frames ``[B, K, D]`` (oldest first).
+        present: which of them exist ``[B, K]`` (float 0/1; 0 before the clip starts).
+        recurrent: the GRU hidden state, or the LSTM's ``(h, c)``.
+    """
+
+    history: Tensor
+    present: Tensor
+    recurrent: Tensor | tuple[Tensor, Tensor] | None
+
+
+class CoefficientFlowNet(nn.Module):
+    """ExpFlow / PoseFlow network: audio encoder, recurrent context, per-frame flow, prior.
+
+    Arguments:
+        features: D, size of each frame's coefficient vector.
+        mel_bins: M of the mel windows.
+        num_components: prior components (one per emotion; 1 for a Gaussian prior).
+        prior: ``"student_t_mixture"`` (ExpFlow), ``"gaussian_mixture"`` (ablation) or
+            ``"gaussian"`` (PoseFlow).
+        anchor: the neutral component intensity interpolates from (None: no intensity).
+        prev_frames: K, previous frames in the context.
+        audio_features: size of the per-frame audio code.
+        recurrent: ``"gru"`` or ``"lstm"``; ``recurrent_hidden`` its size.
+        flow_layers, coupling_hidden, coupling_blocks, linear: the frame flow.
+        data_dropout: probability of hiding the previous frames in training.
+        data_dropout_mode: ``"frame"`` (each frame's history on its own) or ``"sequence"``.
+        intensity_levels: number of intensity levels (MEAD: 3); each gets a learned factor
+            along the neutral -> emotion line, increasing with the level, the top one fixed
+            to 1 (so the component location is the strongest level's).
+    """
+
+    def __init__(
+        self,
+        features: int,
+        mel_bins: int,
+        num_components: int = 8,
+        prior: str = "student_t_mixture",
+        anchor: int | None = 0,
+        prev_frames: int = 4,
+        audio_features: int = 64,
+        recurrent: Literal["gru", "lstm"] = "gru",
+        recurrent_hidden: int = 128,
+        flow_layers: int = 4,
+        coupling_hidden: int = 128,
+        coupling_blocks: int = 2,
+        linear: Literal["lu", "permutation", "reverse"] = "lu",
+        data_dropout: float = 0.0,
+        data_dropout_mode: Literal["frame", "sequence"] = "frame",
+        intensity_levels: int = 3,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= data_dropout <= 1.0:
+            raise ValueError(f"data_dropout must be in [0, 1], got {data_dropout}")
+        if data_dropout_mode not in ("frame", "sequence"):
+            raise ValueError(f"data_dropout_mode must be 'frame' or 'sequence', got {data_dropout_mode!r}")
+        if recurrent not in ("gru", "lstm"):
+            raise ValueError(f"recurrent must be 'gru' or 'lstm', got {recurrent!r}")
+        if prev_frames < 0:
+            raise ValueError(f"prev_frames must be >= 0, got {prev_frames}")
+        self.features = features
+        self.prev_frames = prev_frames
+        self.data_dropout = data_dropout
+        self.data_dropout_mode = data_dropout_mode
+        self.recurrent_kind = recurrent
+        self.audio = AudioWindowEncoder(mel_bins, audio_features)
+        history = prev_frames * (features + 1)  # frames and their present flags
+        rnn = nn.GRU if recurrent == "gru" else nn.LSTM
+        self.recurrent = rnn(audio_features + history, recurrent_hidden, batch_first=True)
+        self.context_features = recurrent_hidden + audio_features + history
+        self.flow = ConditionalFrameFlow(
+            features, self.context_features, flow_layers, coupling_hidden, coupling_blocks, linear
+        )
+        self.prior: LatentPrior = make_prior(prior, features, num_components, anchor=anchor)
+        self.intensity_levels = intensity_levels
+        self.level_logits = nn.Parameter(torch.zeros(max(intensity_levels, 1)))
+
+    # -- conditioning ----------------------------------------------------------------------
+
+    def intensity_factor(self, level: Tensor) -> Tensor:
+        """Factor along the neutral -> emotion line per intensity level ``[B]``; -1 gives 1."""
+        steps = torch.nn.functional.softplus(self.level_logits)
+        factors = torch.cumsum(steps, 0) / steps.sum()  # increasing, the top one exactly 1
+        known = level >= 0
+        return torch.where(known, factors[level.clamp(0, len(factors) - 1)], torch.ones_like(factors[0]))
+
+    def _history(self, x: Tensor, prev: Tensor | None, prev_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Teacher-forced history of every frame: ``([B, T, K, D], present [B, T, K])``."""
+        b, t, d = x.shape
+        k = self.prev_frames
+        if prev is None:
+            prev = x.new_zeros(b, k, d)
+            prev_mask = x.new_zeros(b, k)
+        if prev.shape[1] < k:
+            raise ValueError(
+                f"the batch has {prev.shape[1]} previous frames, the flow conditions on {k}: "
+                f"set the DataModule's prev_frames >= {k}"
+            )
+        prev = prev[:, prev.shape[1] - k :]
+        present = x.new_ones(b, k) if prev_mask is None else prev_mask[:, prev_mask.shape[1] - k :].to(x.dtype)
+        frames = torch.cat([prev, x], 1)  # (B, K + T, D)
+        flags = torch.cat([present, x.new_ones(b, t)], 1)  # (B, K + T)
+        history = frames.unfold(1, k, 1)[:, :t]  # (B, T, D, K)
+        return rearrange(history, "b t d k -> b t k d"), flags.unfold(1, k, 1)[:, :t]
+
+    def _drop(self, history: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+        """Data dropout (training only): hide whole histories as if the clip started there."""
+        if not self.training or self.data_dropout <= 0:
+            return history, present
+        b, t = present.shape[:2]
+        shape = (b, t, 1) if self.data_dropout_mode == "frame" else (b, 1, 1)
+        keep = (torch.rand(shape, device=present.device) >= self.data_dropout).to(present.dtype)
+        return history * keep.unsqueeze(-1), present * keep
+
+    def _contexts(
+        self, audio: Tensor, history: Tensor, present: Tensor, recurrent: Tensor | tuple | None = None
+    ) -> tuple[Tensor, Tensor | tuple]:
+        """Per-frame flow contexts ``[B, T, H]`` and the recurrent state after the last frame."""
+        past = torch.cat([rearrange(history, "b t k d -> b t (k d)"), present], -1)  # (B, T, K(D+1))
+        inputs = torch.cat([audio, past], -1)
+        hidden, recurrent = self.recurrent(inputs, recurrent)  # (B, T, R)
+        return torch.cat([hidden, audio, past], -1), recurrent
+
+    # -- likelihood and encoding -----------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        mel: Tensor,
+        prev: Tensor | None = None,
+        prev_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher-forced latents and log-determinants of a window.
+
+        Einstein notation: ``b`` batch, ``t`` frames, ``k`` previous frames, ``d`` features.
+
+        Arguments:
+            x: ``[b, t, d]`` coefficients.
+            mel: ``[b, t, c, m]`` mel windows.
+            prev, prev_mask: ``[b, k', d]`` frames before the window and which exist
+                (``k' >= K``); None: the window starts the clip.
+
+        Returns:
+            ``z [b, t, d]`` and ``log|det dz/dx| [b, t]``.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.features:
+            raise ValueError(f"x must be [B, T, {self.features}], got {tuple(x.shape)}")
+        b, t, _ = x.shape
+        history, present = self._drop(*self._history(x, prev, prev_mask))
+        context, _ = self._contexts(self.audio(mel), history, present)
+        z, logdet = self.flow(rearrange(x, "b t d -> (b t) d"), rearrange(context, "b t h -> (b t) h"))
+        return rearrange(z, "(b t) d -> b t d", b=b), rearrange(logdet, "(b t) -> b t", b=b)
+
+    def log_prob(
+        self,
+        x: Tensor,
+        mel: Tensor,
+        component: Tensor | None = None,
+        intensity: Tensor | None = None,
+        prev: Tensor | None = None,
+        prev_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Per-frame ``log p(x_t | context_t) [B, T]`` (nats).
+
+        Arguments:
+            component: ``[B]`` prior component (emotion; -1 or None: the whole mixture).
+            intensity: ``[B]`` intensity level (-1 or None: factor 1).
+        """
+        z, logdet = self(x, mel, prev, prev_mask)
+        b, t, _ = z.shape
+        comp = None if component is None else component.repeat_interleave(t)
+        factor = None if intensity is None else self.intensity_factor(intensity).repeat_interleave(t)
+        prior = self.prior.log_prob_given(rearrange(z, "b t d -> (b t) d"), comp, factor)
+        return rearrange(prior, "(b t) -> b t", b=b) + logdet
+
+    # -- streaming generation --------------------------------------------------------------
+
+    def init_state(
+        self, batch: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    ) -> FlowState:
+        """The state at the start of a clip: no previous frames, zero recurrent state."""
+        k = self.prev_frames
+        return FlowState(
+            torch.zeros(batch, k, self.features, device=device, dtype=dtype),
+            torch.zeros(batch, k, device=device, dtype=dtype),
+            None,
+        )
+
+    def step(self, z: Tensor, audio: Tensor, state: FlowState) -> tuple[Tensor, FlowState]:
+        """Generate one frame: ``x_t [B, D]`` from ``z_t [B, D]`` and the audio code ``[B, A]``.
+
+        ``audio`` is :attr:`audio` applied to the frame's mel window (encode a whole clip at
+        once with ``self.audio(mel)`` and pass ``codes[:, t]``).
+        """
+        context, recurrent = self._contexts(
+            audio.unsqueeze(1), state.history.unsqueeze(1), state.present.unsqueeze(1), state.recurrent
+        )
+        x, _ = self.flow.inverse(z, context[:, 0])
+        if self.prev_frames == 0:
+            return x, FlowState(state.history, state.present, recurrent)
+        history = torch.cat([state.history[:, 1:], x.unsqueeze(1)], 1)
+        present = torch.cat([state.present[:, 1:], torch.ones_like(state.present[:, :1])], 1)
+        return x, FlowState(history, present, recurrent)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        mel: Tensor,
+        component: Tensor | None = None,
+        intensity: Tensor | None = None,
+        temperature: float = 1.0,
+        loc: Tensor | None = None,
+        z: Tensor | None = None,
+    ) -> Tensor:
+        """Generate ``[B, T, D]`` frame by frame for mel windows ``[B, T, C, M]``.
+
+        Arguments:
+            component: ``[B]`` emotion per row (-1 or None: drawn from the mixture weights).
+            intensity: ``[B]`` intensity levels (-1: factor 1), or a float tensor of factors.
+            temperature: spread of the latent draws around the location (0: the location).
+            loc: ``[B, D]`` latent location replacing the component's (emotion transfer).
+            z: ``[B, T, D]`` latents to decode instead of drawing them.
+        """
+        b, t = mel.shape[:2]
+        if z is None:
+            z = self.draw_latents(b, t, component, intensity, temperature, loc, device=mel.device)
+        audio = self.audio(mel)  # (B, T, A)
+        state = self.init_state(b, mel.device, audio.dtype)
+        frames = []
+        for index in range(t):
+            x, state = self.step(z[:, index], audio[:, index], state)
+            frames.append(x)
+        return torch.stack(frames, 1)
+
+    def draw_latents(
+        self,
+        batch: int,
+        frames: int,
+        component: Tensor | None = None,
+        intensity: Tensor | None = None,
+        temperature: float = 1.0,
+        loc: Tensor | None = None,
+        device: torch.device | None = None,
+    ) -> Tensor:
+        """Latents ``[B, T, D]``, drawn independently per frame from each row's component."""
+        if component is None:
+            component = torch.full((batch,), -1, dtype=torch.long, device=device)
+        if isinstance(self.prior, (GaussianMixture, StudentTMixture)) and (component < 0).any():
+            # one component per sequence, not per frame: an unlabelled clip keeps one emotion
+            drawn = torch.multinomial(torch.softmax(self.prior.logits.detach(), -1), batch, replacement=True)
+            component = torch.where(component < 0, drawn.to(component.device), component)
+        factor = None
+        if intensity is not None:
+            factor = intensity.float() if intensity.is_floating_point() else self.intensity_factor(intensity)
+        rows = component.repeat_interleave(frames)
+        z = self.prior.sample_given(
+            batch * frames,
+            rows,
+            temperature,
+            None if factor is None else factor.repeat_interleave(frames),
+            None if loc is None else loc.repeat_interleave(frames, 0),
+        )
+        return rearrange(z, "(b t) d -> b t d", b=batch)
