@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["COMMANDS", "FlowvqCLI", "main"]
+__all__ = ["COMMANDS", "fill_from_card", "main"]  # and FlowvqCLI, built on first access
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
