@@ -1,0 +1,228 @@
+"""Contract tests of the image-side parts: quantizer, warping, VQIG net, losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowvq.nn.discriminator import PatchDiscriminator
+from flowvq.nn.perceptual import VGGPerceptual, ms_ssim, ssim
+from flowvq.nn.quantizer import Quantizer, codebook_usage
+from flowvq.nn.vq_autoencoder import VQAutoencoder
+from flowvq.nn.vq_losses import VQLoss, adaptive_gan_weight, hinge_d_loss
+from flowvq.nn.vqig import CodebookAttention, VQIGNet
+from flowvq.nn.warping import WarpingNetwork, warp
+
+TINY_AE = dict(resolution=32, channels=8, ch_mult=(1, 2, 2), num_res_blocks=1, codebook_size=16, codebook_dim=8)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"kmeans_init": True}, {"threshold_ema_dead_code": 2.0}, {"use_cosine_sim": True}, {"rotation_trick": False}],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_quantizer_round_trip(options: dict, training: bool) -> None:
+    torch.manual_seed(0)
+    quantizer = Quantizer(dim=6, codebook_size=12, **options).train(training)
+    z = torch.randn(3, 6, 5, 4, requires_grad=True)
+    if options.get("kmeans_init"):
+        quantizer.eval()(z)  # k-means runs on the first batch, whatever the mode
+        quantizer.train(training)
+    used = quantizer.codebook.clone()  # a training forward moves the EMA codebook after its lookup
+    quantized, commit, indices = quantizer(z)
+    assert quantized.shape == z.shape and indices.shape == (3, 5, 4) and commit.ndim == 0
+    # indices -> codes is the quantized output
+    probe = Quantizer(dim=6, codebook_size=12, **options)
+    probe.load_state_dict(quantizer.state_dict())
+    probe.vq.codebook = used
+    torch.testing.assert_close(probe.indices_to_codes(indices), quantized, atol=1e-5, rtol=1e-5)
+    if not training:
+        torch.testing.assert_close(quantizer.indices_to_codes(indices), quantized, atol=1e-5, rtol=1e-5)
+    # nearest() finds the same entries without touching the codebook
+    before = quantizer.codebook.clone()
+    assert torch.equal(quantizer.nearest(z), quantizer.vq(z, freeze_codebook=True)[1])
+    torch.testing.assert_close(quantizer.codebook, before)
+    if training:
+        quantized.sum().backward()
+        assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_quantizer_ema_moves_codebook_only_in_training() -> None:
+    torch.manual_seed(0)
+    quantizer = Quantizer(dim=4, codebook_size=8)
+    z = torch.randn(2, 4, 4, 4)
+    before = quantizer.codebook.clone()
+    quantizer.eval()(z)
+    torch.testing.assert_close(quantizer.codebook, before)
+    quantizer.train()(z)
+    assert not torch.allclose(quantizer.codebook, before)
+
+
+def test_codebook_usage() -> None:
+    uniform = codebook_usage(torch.ones(8))
+    collapsed = codebook_usage(torch.tensor([5, 0, 0, 0]))
+    assert torch.isclose(uniform["perplexity"], torch.tensor(8.0)) and uniform["usage"] == 1.0
+    assert torch.isclose(collapsed["perplexity"], torch.tensor(1.0)) and collapsed["usage"] == 0.25
+
+
+def test_autoencoder_shapes_and_resolution_error() -> None:
+    ae = VQAutoencoder(**TINY_AE)
+    recon, _, indices = ae(torch.randn(2, 3, 32, 32))
+    assert recon.shape == (2, 3, 32, 32) and indices.shape == (2, 8, 8) and ae.latent_size == 8
+    torch.testing.assert_close(ae.eval().decode_indices(indices), ae.decode(ae.quantizer.indices_to_codes(indices)))
+    with pytest.raises(ValueError, match=r"expected \(B, 3, 32, 32\)"):
+        ae.check_images(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="not divisible"):
+        VQAutoencoder(30, 8, (1, 2, 2), 1, True, 16, 8)
+
+
+def test_warp_with_zero_flow_is_identity() -> None:
+    features = torch.randn(2, 5, 7, 9)
+    torch.testing.assert_close(warp(features, torch.zeros(2, 2, 7, 9)), features, atol=1e-5, rtol=1e-5)
+
+
+def test_warp_shifts_by_one_pixel() -> None:
+    features = torch.randn(1, 3, 6, 11)
+    step = 2.0 / (11 - 1)  # one pixel in normalised x units
+    flow = torch.zeros(1, 2, 6, 11)
+    flow[:, 0] = step
+    shifted = warp(features, flow)
+    torch.testing.assert_close(shifted[..., :-1], features[..., 1:], atol=1e-5, rtol=1e-5)
+
+
+def test_warping_network_starts_at_identity_and_learns() -> None:
+    net = WarpingNetwork(channels=8, motion_dim=4, hidden=8)
+    features = torch.randn(2, 8, 6, 6)
+    warped, flow = net(features, torch.randn(2, 4))
+    assert torch.all(flow == 0)
+    torch.testing.assert_close(warped, features, atol=1e-5, rtol=1e-5)
+    warped.pow(2).mean().backward()
+    assert net.out[-1].weight.grad.abs().sum() > 0
+
+
+def test_codebook_attention_soft_and_hard() -> None:
+    torch.manual_seed(0)
+    attention = CodebookAttention(dim=8, num_heads=2)
+    codebook = torch.randn(16, 8)
+    logits, soft, hard = attention(torch.randn(2, 8, 3, 3), codebook)
+    assert logits.shape == (2, 9, 16) and soft.shape == hard.shape == (2, 8, 3, 3)
+    # hard codes are codebook rows chosen by the logits' argmax
+    chosen = codebook[logits.argmax(-1)]  # (B, n, D)
+    torch.testing.assert_close(hard.flatten(2).transpose(1, 2), chosen)
+    # a very sharp attention makes the soft lookup a codebook mixture inside its range
+    assert soft.abs().max() <= codebook.abs().max() + 1e-5
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {},
+        {"use_warp": False},
+        {"use_fusion": False},
+        {"use_cross_attention": False},
+        {"use_codebook": False},
+    ],
+)
+def test_vqig_net_gradients_reach_trainable_parts_only(flags: dict) -> None:
+    torch.manual_seed(0)
+    ae = VQAutoencoder(**TINY_AE)
+    net = VQIGNet(
+        ae, exp_dim=5, pose_dim=6, channels=8, ch_mult=(1, 2, 2), feature_dim=16, motion_dim=8, num_heads=2, **flags
+    )
+    net.train()
+    assert not ae.training, "the codebook autoencoder stays in eval mode"
+    out = net(torch.randn(2, 3, 32, 32), torch.randn(2, 5), torch.randn(2, 6))
+    assert out["image"].shape == (2, 3, 32, 32)
+    assert ("logits" in out) == flags.get("use_codebook", True)
+    assert ("flow" in out) == flags.get("use_warp", True)
+    loss = out["image"].pow(2).mean() + (out["logits"].logsumexp(-1).mean() if "logits" in out else 0)
+    loss.backward()
+    for name, param in net.named_parameters():
+        if name.startswith("autoencoder."):
+            assert param.grad is None, f"{name} of the frozen codebook model got a gradient"
+    trainable = [n for n, p in net.named_parameters() if not n.startswith("autoencoder.")]
+    without_grad = [n for n in trainable if dict(net.named_parameters())[n].grad is None]
+    # zero-initialised heads (flow, AdaIN) get gradients; nothing trainable is disconnected
+    assert not without_grad, without_grad
+
+
+def test_vqig_net_refuses_a_mismatched_source_encoder() -> None:
+    with pytest.raises(ValueError, match="latent grid"):
+        VQIGNet(VQAutoencoder(**TINY_AE), 5, 6, channels=8, ch_mult=(1, 2), feature_dim=16, motion_dim=8)
+
+
+def test_motion_encoder_names_bad_dims() -> None:
+    net = VQIGNet(VQAutoencoder(**TINY_AE), 5, 6, channels=8, ch_mult=(1, 2, 2), feature_dim=16, motion_dim=8)
+    with pytest.raises(ValueError, match=r"exp has shape \(2, 4\), expected \(B, 5\)"):
+        net(torch.randn(2, 3, 32, 32), torch.randn(2, 4), torch.randn(2, 6))
+
+
+def test_adaptive_weight_is_finite_and_positive() -> None:
+    torch.manual_seed(0)
+    ae = VQAutoencoder(**TINY_AE)
+    disc = PatchDiscriminator(channels=8, num_layers=2)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    recon, _, _ = ae(images)
+    weight = adaptive_gan_weight((recon - images).abs().mean(), -disc(recon).mean(), ae.last_layer)
+    assert torch.isfinite(weight) and weight > 0 and not weight.requires_grad
+
+
+def test_hinge_loss() -> None:
+    assert hinge_d_loss(torch.full((4,), 2.0), torch.full((4,), -2.0)) == 0
+    assert hinge_d_loss(torch.zeros(4), torch.zeros(4)) == 1
+
+
+def test_vq_loss_gan_starts_at_disc_start() -> None:
+    torch.manual_seed(0)
+    loss = VQLoss(disc_start=3, disc_channels=8, disc_layers=2)
+    ae = VQAutoencoder(**TINY_AE)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    recon, commit, _ = ae(images)
+    _, before = loss.generator_loss(images, recon, step=2, extra_loss=commit, last_layer=ae.last_layer)
+    _, after = loss.generator_loss(images, recon, step=3, extra_loss=commit, last_layer=ae.last_layer)
+    assert "g_gan" not in before and "g_gan" in after
+    assert {"l1", "ms_ssim_loss", "feature_match"} <= set(before)  # the documented fallback
+    d_loss, _ = loss.discriminator_loss(images, recon)
+    assert d_loss.requires_grad and torch.isfinite(d_loss)
+
+
+def test_ssim_and_ms_ssim() -> None:
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    torch.testing.assert_close(ssim(x, x), torch.ones(2))
+    torch.testing.assert_close(ms_ssim(x, x), torch.ones(2))
+    noisy = (x + 0.5 * torch.randn_like(x)).clamp(-1, 1)
+    assert torch.all(ms_ssim(x, noisy) < 0.9) and torch.all(ssim(x, noisy) < 0.9)
+
+
+def test_vgg_perceptual_loads_a_local_file(tmp_path) -> None:
+    torch.manual_seed(0)
+    with pytest.raises(FileNotFoundError, match="perceptual weights"):
+        VGGPerceptual(tmp_path / "missing.pth")
+    bad = tmp_path / "bad.pth"
+    torch.save({"foo": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="lack VGG16 features"):
+        VGGPerceptual(bad)
+    # A state dict with torchvision's key layout, from a freshly initialised trunk.
+    from flowvq.nn import perceptual
+
+    layers, width = [], 3
+    for item in perceptual._VGG16:
+        if item == "M":
+            layers.append(torch.nn.MaxPool2d(2))
+        else:
+            layers += [torch.nn.Conv2d(width, item, 3, padding=1), torch.nn.ReLU()]
+            width = item
+    state = {f"features.{k}": v for k, v in torch.nn.Sequential(*layers).state_dict().items()}
+    state["lin0.model.1.weight"] = torch.full((1, 64, 1, 1), 0.5)
+    path = tmp_path / "vgg.pth"
+    torch.save(state, path)
+    net = VGGPerceptual(path)
+    torch.testing.assert_close(net.features[0].weight, state["features.0.weight"])
+    assert torch.all(net.lins[0] == 0.5)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert net(x, x) == 0
+    y = x.clone().requires_grad_(True)
+    distance = net(x, (y + 0.3).clamp(-1, 1))
+    distance.backward()
+    assert distance > 0 and y.grad is not None
+    assert all(p.grad is None for p in net.parameters())
