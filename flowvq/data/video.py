@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
 
 __all__ = [
     "MediaError",
+    "Source",
     "VideoInfo",
     "iter_frames",
     "probe",
@@ -46,21 +48,32 @@ class VideoInfo:
     has_audio: bool
 
 
-def _open(path: str | Path) -> av.container.InputContainer:
-    path = Path(path)
+Source = str | Path | BinaryIO  # a path, or an open binary file (e.g. a member of a tar archive)
+
+
+def _name(source: Source) -> str:
+    return str(getattr(source, "name", source)) if not isinstance(source, (str, Path)) else str(source)
+
+
+def _open(source: Source) -> av.container.InputContainer:
+    if not isinstance(source, (str, Path)):
+        source.seek(0)
+        try:
+            return av.open(source)
+        except (av.error.FFmpegError, UnicodeDecodeError) as error:
+            raise MediaError(f"{_name(source)!r} is not a readable media file ({error}); re-download it") from error
+    path = Path(source)
     if not path.is_file():
         raise MediaError(f"{str(path)!r} does not exist or is not a file")
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
-        raise MediaError(
-            f"{str(path)!r} is not a readable media file ({error}); re-download or re-encode it"
-        ) from error
+        raise MediaError(f"{str(path)!r} is not a readable media file ({error}); re-download or re-encode it") from error
 
 
-def _video_stream(container: av.container.InputContainer, path: str | Path) -> av.video.stream.VideoStream:
+def _video_stream(container: av.container.InputContainer, path: Source) -> av.video.stream.VideoStream:
     if not container.streams.video:
-        raise MediaError(f"{str(path)!r} has no video stream (expected an mp4/avi/mkv with video)")
+        raise MediaError(f"{_name(path)!r} has no video stream (expected an mp4/avi/mkv with video)")
     return container.streams.video[0]
 
 
@@ -71,7 +84,7 @@ def _frame_time(frame: av.VideoFrame, stream: av.video.stream.VideoStream, index
     return index / rate
 
 
-def iter_frames(path: str | Path, fps: float = 25.0) -> Iterator[np.ndarray]:
+def iter_frames(path: Source, fps: float = 25.0) -> Iterator[np.ndarray]:
     """Decode a video as RGB uint8 frames ``(H, W, 3)`` resampled to ``fps``.
 
     Output frame ``k`` is the source frame whose timestamp is nearest to ``k / fps``
@@ -101,10 +114,10 @@ def iter_frames(path: str | Path, fps: float = 25.0) -> Iterator[np.ndarray]:
                 previous = (t, frame)
         except av.error.FFmpegError as error:
             raise MediaError(
-                f"{str(path)!r}: decoding failed after {count} frames ({error}); the file is corrupt"
+                f"{_name(path)!r}: decoding failed after {count} frames ({error}); the file is corrupt"
             ) from error
         if previous is None:
-            raise MediaError(f"{str(path)!r} has a video stream but no decodable frames; the file is corrupt")
+            raise MediaError(f"{_name(path)!r} has a video stream but no decodable frames; the file is corrupt")
         # the last source frame covers until its timestamp plus one source frame period
         rate = float(stream.average_rate or fps)
         end = previous[0] + 1.0 / rate
@@ -115,13 +128,13 @@ def iter_frames(path: str | Path, fps: float = 25.0) -> Iterator[np.ndarray]:
         container.close()
 
 
-def read_video(path: str | Path, fps: float = 25.0) -> np.ndarray:
+def read_video(path: Source, fps: float = 25.0) -> np.ndarray:
     """All frames of a video at ``fps`` as uint8 ``(T, H, W, 3)`` (see :func:`iter_frames`)."""
     frames = list(iter_frames(path, fps))
     return np.stack(frames)
 
 
-def probe(path: str | Path, fps: float = 25.0) -> VideoInfo:
+def probe(path: Source, fps: float = 25.0) -> VideoInfo:
     """Size, rate and duration of a video without decoding it all (duration from the container)."""
     container = _open(path)
     try:
@@ -134,7 +147,7 @@ def probe(path: str | Path, fps: float = 25.0) -> VideoInfo:
         else:
             duration = (stream.frames or 0) / source_fps
         return VideoInfo(
-            path=str(path),
+            path=_name(path),
             width=stream.codec_context.width,
             height=stream.codec_context.height,
             source_fps=source_fps,
@@ -147,7 +160,7 @@ def probe(path: str | Path, fps: float = 25.0) -> VideoInfo:
         container.close()
 
 
-def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+def read_audio(path: Source, sample_rate: int = 16000) -> np.ndarray:
     """The first audio stream of a file as mono float32 in [-1, 1] at ``sample_rate``.
 
     Raises:
@@ -157,7 +170,7 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     try:
         if not container.streams.audio:
             raise MediaError(
-                f"{str(path)!r} has no audio stream; give the separate audio file (e.g. MEAD's .m4a) or a video with sound"
+                f"{_name(path)!r} has no audio stream; give the separate audio file (e.g. MEAD's .m4a) or a video with sound"
             )
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
@@ -169,7 +182,7 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
             for out in resampler.resample(None):  # flush
                 chunks.append(out.to_ndarray().reshape(-1))
         except av.error.FFmpegError as error:
-            raise MediaError(f"{str(path)!r}: audio decoding failed ({error}); the file is corrupt") from error
+            raise MediaError(f"{_name(path)!r}: audio decoding failed ({error}); the file is corrupt") from error
         if not chunks:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(chunks).astype(np.float32)

@@ -1,0 +1,398 @@
+"""``flowvq preprocess mead|lrs3|hdtf|folder``: real video to clip shards.
+
+Each command scans its layout, extracts every clip into a cache (``<out>/cache`` unless
+``cache`` is given), then fits the expression basis on the train split and packs the
+shards (the ``--merge`` step). On a cluster, run the extraction as an array job with
+``--num_shards N --shard_index i`` (each task extracts its share; nothing is packed), then
+run the same command once with ``--merge true``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flowvq.data.card import AudioFeatures, DatasetCard
+from flowvq.data.preprocess.extract import ExtractConfig
+from flowvq.data.preprocess.layouts import (
+    MEAD_TEST_SPEAKERS,
+    ClipSpec,
+    scan_folder,
+    scan_hdtf,
+    scan_lrs3,
+    scan_mead,
+)
+from flowvq.data.preprocess.merge import merge_cache
+from flowvq.data.preprocess.runner import RunSummary, run_extraction
+
+__all__ = ["preprocess_folder", "preprocess_hdtf", "preprocess_lrs3", "preprocess_mead", "run_preprocess"]
+
+log = logging.getLogger(__name__)
+
+
+def run_preprocess(
+    specs: Sequence[ClipSpec],
+    out: str | Path,
+    name: str,
+    config: ExtractConfig,
+    workers: int = 1,
+    exp_dim: int = 64,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    merge: bool = False,
+    cache: str | Path | None = None,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    allow_missing: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    coefficients: dict[str, str] | None = None,
+    coefficient_source: str = "mediapipe-pca",
+    extra: dict[str, Any] | None = None,
+) -> DatasetCard | RunSummary:
+    """Extract (unless ``merge``), then merge (when ``merge``, or when the run is not sharded
+    and nothing was left by ``limit``). Returns the card, or the extraction summary when
+    no merge ran."""
+    out = Path(out)
+    cache = Path(cache) if cache is not None else out / "cache"
+    summary = None
+    if not merge:
+        summary = run_extraction(
+            specs,
+            cache,
+            config,
+            workers=workers,
+            num_shards=num_shards,
+            shard_index=shard_index,
+            retry_failed=retry_failed,
+            limit=limit,
+            coefficients=coefficients,
+            progress=progress,
+            settings={"coefficient_source": coefficient_source},
+        )
+        print(f"{name}: {summary}; failures in {cache / 'failures.jsonl'}")
+        if num_shards > 1 or summary.left:
+            print("not packed yet: run the remaining clips/shards, then the same command with --merge true")
+            return summary
+    card = merge_cache(
+        cache,
+        out,
+        name,
+        config,
+        specs=specs,
+        coefficient_source=coefficient_source,
+        exp_dim=exp_dim,
+        seed=seed,
+        num_workers=max(1, workers),
+        allow_missing=allow_missing,
+        extra=extra,
+    )
+    print(f"{name}: wrote {card.splits} clips to {out} (E={card.exp_dim}, frames {card.frame_size or 'none'})")
+    return card
+
+
+def _config(size: int, frames: bool, crop_smoothing: float | None, max_gap: int, refine_landmarks: bool, n_mels: int):
+    return ExtractConfig(
+        size=size,
+        frames=frames,
+        crop_smoothing=crop_smoothing,
+        max_gap=max_gap,
+        refine_landmarks=refine_landmarks,
+        audio=AudioFeatures(n_mels=n_mels),
+    )
+
+
+def preprocess_mead(
+    root: Path,
+    out: Path,
+    view: str = "front",
+    test_speakers: list[str] = list(MEAD_TEST_SPEAKERS),  # noqa: B006 - read only; shown in --help
+    val_speakers: list[str] | None = None,
+    speakers: list[str] | None = None,
+    emotions: list[str] | None = None,
+    workers: int = 1,
+    frames: bool = True,
+    size: int = 256,
+    exp_dim: int = 64,
+    crop_smoothing: float | None = 12.5,
+    max_gap: int = 5,
+    refine_landmarks: bool = True,
+    n_mels: int = 80,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    merge: bool = False,
+    cache: Path | None = None,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    allow_missing: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> DatasetCard | RunSummary:
+    """Preprocess MEAD into clip shards (mediapipe landmarks, Procrustes pose, PCA expression).
+
+    Reads ``<root>/<speaker>/video/<view>/<emotion>/level_<n>/<NNN>.mp4`` and
+    ``<root>/<speaker>/audio/<emotion>/level_<n>/<NNN>.m4a`` (or each speaker's unextracted
+    ``video.tar`` / ``audio.tar``); emotion and intensity come from the path.
+
+    Args:
+        root: the MEAD folder (one sub-folder per speaker, e.g. M003).
+        out: dataset root to write (shards, dataset.json, failures.jsonl, cache/).
+        view: camera view folder (front, left_30, ...).
+        test_speakers: speakers of the test split (EAT / EDTalk's split by default).
+        val_speakers: speakers of the val split; default: 10% of the rest, drawn with seed.
+        speakers: only these speakers (default all).
+        emotions: only these emotions (default all 8).
+        workers: extraction processes on this machine.
+        frames: store aligned JPEG face crops (false: coefficient-only shards).
+        size: crop side in pixels.
+        exp_dim: number of PCA expression coefficients E.
+        crop_smoothing: Gaussian sigma (frames) of the crop track; null: one crop per clip.
+        max_gap: longest run of frames without a detected face that is interpolated.
+        refine_landmarks: FaceMesh with iris landmarks (478 points).
+        n_mels: mel bins.
+        num_shards: split the clip list across this many machines (array job).
+        shard_index: this machine's shard, 0..num_shards-1.
+        merge: only fit the basis and pack the shards from the cache (after all shards ran).
+        cache: extraction cache folder (default <out>/cache).
+        retry_failed: try clips that failed before again.
+        limit: extract at most this many clips in this run.
+        allow_missing: merge even if some clips were neither extracted nor failed.
+        seed: for the val speaker draw and the shard shuffle.
+        progress: show progress bars.
+    """
+    specs = scan_mead(root, view, test_speakers, val_speakers, speakers=speakers, emotions=emotions, seed=seed)
+    return run_preprocess(
+        specs,
+        out,
+        f"mead-{view}",
+        _config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
+        workers=workers,
+        exp_dim=exp_dim,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        merge=merge,
+        cache=cache,
+        retry_failed=retry_failed,
+        limit=limit,
+        allow_missing=allow_missing,
+        seed=seed,
+        progress=progress,
+        extra={"source": "MEAD", "root": str(root), "view": view},
+    )
+
+
+def preprocess_lrs3(
+    root: Path,
+    out: Path,
+    subsets: list[str] = ["pretrain", "trainval", "test"],  # noqa: B006 - read only; shown in --help
+    val_fraction: float = 0.02,
+    workers: int = 1,
+    frames: bool = True,
+    size: int = 256,
+    exp_dim: int = 64,
+    crop_smoothing: float | None = 12.5,
+    max_gap: int = 5,
+    refine_landmarks: bool = True,
+    n_mels: int = 80,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    merge: bool = False,
+    cache: Path | None = None,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    allow_missing: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> DatasetCard | RunSummary:
+    """Preprocess LRS3 (``{pretrain,trainval,test}/<id>/<clip>.mp4``) into clip shards; emotion unknown.
+
+    Args:
+        root: the LRS3 folder.
+        out: dataset root to write.
+        subsets: which of pretrain, trainval, test to read (test -> test split).
+        val_fraction: fraction of the non-test ids held out for val.
+        workers: extraction processes on this machine.
+        frames: store aligned JPEG face crops (false: coefficient-only shards, e.g. for PoseFlow).
+        size: crop side in pixels.
+        exp_dim: number of PCA expression coefficients E.
+        crop_smoothing: Gaussian sigma (frames) of the crop track; null: one crop per clip.
+        max_gap: longest run of frames without a detected face that is interpolated.
+        refine_landmarks: FaceMesh with iris landmarks (478 points).
+        n_mels: mel bins.
+        num_shards: split the clip list across this many machines.
+        shard_index: this machine's shard.
+        merge: only fit the basis and pack the shards from the cache.
+        cache: extraction cache folder (default <out>/cache).
+        retry_failed: try clips that failed before again.
+        limit: extract at most this many clips in this run.
+        allow_missing: merge even if some clips were neither extracted nor failed.
+        seed: for the val draw and the shard shuffle.
+        progress: show progress bars.
+    """
+    specs = scan_lrs3(root, subsets, val_fraction, seed)
+    return run_preprocess(
+        specs,
+        out,
+        "lrs3",
+        _config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
+        workers=workers,
+        exp_dim=exp_dim,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        merge=merge,
+        cache=cache,
+        retry_failed=retry_failed,
+        limit=limit,
+        allow_missing=allow_missing,
+        seed=seed,
+        progress=progress,
+        extra={"source": "LRS3", "root": str(root), "subsets": list(subsets)},
+    )
+
+
+def preprocess_hdtf(
+    root: Path,
+    out: Path,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    workers: int = 1,
+    frames: bool = True,
+    size: int = 256,
+    exp_dim: int = 64,
+    crop_smoothing: float | None = 12.5,
+    max_gap: int = 5,
+    refine_landmarks: bool = True,
+    n_mels: int = 80,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    merge: bool = False,
+    cache: Path | None = None,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    allow_missing: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> DatasetCard | RunSummary:
+    """Preprocess HDTF (videos named like ``WDA_BarackObama_000.mp4``) into clip shards; emotion unknown.
+
+    Args:
+        root: folder holding the HDTF videos (searched recursively).
+        out: dataset root to write.
+        val_fraction: fraction of speakers for val.
+        test_fraction: fraction of speakers for test.
+        workers: extraction processes on this machine.
+        frames: store aligned JPEG face crops.
+        size: crop side in pixels.
+        exp_dim: number of PCA expression coefficients E.
+        crop_smoothing: Gaussian sigma (frames) of the crop track; null: one crop per clip.
+        max_gap: longest run of frames without a detected face that is interpolated.
+        refine_landmarks: FaceMesh with iris landmarks (478 points).
+        n_mels: mel bins.
+        num_shards: split the clip list across this many machines.
+        shard_index: this machine's shard.
+        merge: only fit the basis and pack the shards from the cache.
+        cache: extraction cache folder (default <out>/cache).
+        retry_failed: try clips that failed before again.
+        limit: extract at most this many clips in this run.
+        allow_missing: merge even if some clips were neither extracted nor failed.
+        seed: for the split draw and the shard shuffle.
+        progress: show progress bars.
+    """
+    specs = scan_hdtf(root, val_fraction, test_fraction, seed)
+    return run_preprocess(
+        specs,
+        out,
+        "hdtf",
+        _config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
+        workers=workers,
+        exp_dim=exp_dim,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        merge=merge,
+        cache=cache,
+        retry_failed=retry_failed,
+        limit=limit,
+        allow_missing=allow_missing,
+        seed=seed,
+        progress=progress,
+        extra={"source": "HDTF", "root": str(root)},
+    )
+
+
+def preprocess_folder(
+    root: Path,
+    out: Path,
+    labels: Path | None = None,
+    name: str = "folder",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    workers: int = 1,
+    frames: bool = True,
+    size: int = 256,
+    exp_dim: int = 64,
+    crop_smoothing: float | None = 12.5,
+    max_gap: int = 5,
+    refine_landmarks: bool = True,
+    n_mels: int = 80,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    merge: bool = False,
+    cache: Path | None = None,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    allow_missing: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> DatasetCard | RunSummary:
+    """Preprocess every video under a folder into clip shards, labelled by an optional CSV.
+
+    The CSV has a header with ``path`` (relative to root) and any of ``speaker``, ``emotion``
+    (name or index), ``intensity`` (0..2), ``split`` (train/val/test), ``audio``. Without it
+    the speaker is the video's folder name and emotions are unknown.
+
+    Args:
+        root: folder of videos (searched recursively).
+        out: dataset root to write.
+        labels: optional labels CSV.
+        name: dataset name for the card.
+        val_fraction: fraction of speakers for val (where the CSV gives no split).
+        test_fraction: fraction of speakers for test (where the CSV gives no split).
+        workers: extraction processes on this machine.
+        frames: store aligned JPEG face crops.
+        size: crop side in pixels.
+        exp_dim: number of PCA expression coefficients E.
+        crop_smoothing: Gaussian sigma (frames) of the crop track; null: one crop per clip.
+        max_gap: longest run of frames without a detected face that is interpolated.
+        refine_landmarks: FaceMesh with iris landmarks (478 points).
+        n_mels: mel bins.
+        num_shards: split the clip list across this many machines.
+        shard_index: this machine's shard.
+        merge: only fit the basis and pack the shards from the cache.
+        cache: extraction cache folder (default <out>/cache).
+        retry_failed: try clips that failed before again.
+        limit: extract at most this many clips in this run.
+        allow_missing: merge even if some clips were neither extracted nor failed.
+        seed: for the split draw and the shard shuffle.
+        progress: show progress bars.
+    """
+    specs = scan_folder(root, labels, val_fraction, test_fraction, seed)
+    return run_preprocess(
+        specs,
+        out,
+        name,
+        _config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
+        workers=workers,
+        exp_dim=exp_dim,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        merge=merge,
+        cache=cache,
+        retry_failed=retry_failed,
+        limit=limit,
+        allow_missing=allow_missing,
+        seed=seed,
+        progress=progress,
+        extra={"source": "folder", "root": str(root), "labels": str(labels) if labels else None},
+    )

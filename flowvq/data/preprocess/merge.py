@@ -1,0 +1,231 @@
+"""Step 2 of preprocessing: fit what needs the whole train split, then pack the shards.
+
+For ``mediapipe-pca``: the pose reference is the generalised Procrustes mean of (a sample
+of) the train frames' landmarks; each frame's pose is its similarity onto that mean; the
+expression basis is a PCA of the pose-normalised landmarks minus the speaker's neutral mean
+shape (the mean over the speaker's neutral clips, or over all of its clips where emotions
+are unknown), fitted on train frames only. The basis is saved next to the shards
+(``mediapipe_pca.npz``) so that coefficients can be turned back into landmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowvq.data.card import DatasetCard, DatasetError
+from flowvq.data.face import ExpressionBasis, mean_shape, normalise_to_crop, pose_from_landmarks
+from flowvq.data.preprocess.extract import ExtractConfig, cache_paths, load_cached
+from flowvq.data.preprocess.layouts import ClipSpec
+from flowvq.data.preprocess.runner import collect_failures
+from flowvq.data.shards import write_dataset
+
+__all__ = ["BASIS_NAME", "RecordMaker", "fit_basis", "merge_cache"]
+
+log = logging.getLogger(__name__)
+
+BASIS_NAME = "mediapipe_pca.npz"
+
+
+class RecordMaker:
+    """Turns a cached clip into a clip record (picklable, for litdata's workers).
+
+    Arguments:
+        size: crop side (landmarks are normalised by it for the pose).
+        basis: path of the :class:`ExpressionBasis`; ``None`` for caches that carry their own
+            ``exp`` and ``pose`` (imports).
+    """
+
+    def __init__(self, size: int, basis: str | None = None) -> None:
+        self.size = size
+        self.basis_path = basis
+        self._basis: ExpressionBasis | None = None
+
+    def coefficients(self, landmarks: np.ndarray, speaker: str) -> tuple[np.ndarray, np.ndarray]:
+        """exp ``[T, E]`` and pose ``[T, 6]`` of crop-pixel landmarks ``[T, N, 3]``."""
+        if self._basis is None:
+            self._basis = ExpressionBasis.load(self.basis_path)
+        pose, normalised = pose_from_landmarks(normalise_to_crop(landmarks, self.size), self._basis.reference)
+        return self._basis.encode(normalised, speaker), pose
+
+    def __call__(self, path: str) -> dict[str, Any]:
+        data = load_cached(path)
+        meta = data["meta"]
+        if self.basis_path is not None:
+            exp, pose = self.coefficients(data["landmarks"], meta["speaker"])
+        else:
+            exp, pose = data["exp"], data["pose"]
+        return {
+            "clip_id": meta["clip_id"],
+            "speaker": meta["speaker"],
+            "split": meta["split"],
+            "emotion": int(meta["emotion"]),
+            "intensity": int(meta["intensity"]),
+            "exp": np.ascontiguousarray(exp, dtype=np.float32),
+            "pose": np.ascontiguousarray(pose, dtype=np.float32),
+            "mel": data["mel"],
+            "audio": data["audio"],
+            "landmarks": data["ibug68"],
+            "frames": data["frames"].tobytes(),
+            "frame_offsets": data["frame_offsets"],
+        }
+
+
+def _stride(total: int, budget: int) -> int:
+    return max(1, math.ceil(total / max(1, budget)))
+
+
+def fit_basis(
+    paths_by_split: dict[str, list[str]],
+    metas: dict[str, dict[str, Any]],
+    size: int,
+    exp_dim: int = 64,
+    max_shape_frames: int = 20_000,
+    max_pca_frames: int = 50_000,
+) -> tuple[ExpressionBasis, dict[str, Any]]:
+    """Fit the pose reference and the PCA expression basis on the train clips.
+
+    Arguments:
+        paths_by_split: cached clip files per split (train is used for fitting; every
+            split's speakers get a neutral shape).
+        metas: clip file -> its meta.
+        max_shape_frames, max_pca_frames: frames sampled (evenly) for the mean shape and the PCA.
+
+    Returns:
+        the basis and facts for the card (variance explained, speakers without neutral clips).
+    """
+    train = paths_by_split.get("train", [])
+    if not train:
+        raise DatasetError("no train clips were extracted: nothing to fit the expression basis on")
+    total = sum(metas[p]["num_frames"] for p in train)
+
+    def landmarks(path: str) -> np.ndarray:
+        return normalise_to_crop(load_cached(path, ("landmarks",))["landmarks"], size)
+
+    stride = _stride(total, max_shape_frames)
+    sample = np.concatenate([landmarks(p)[::stride] for p in train])  # (F, N, 3)
+    reference = mean_shape(sample)
+    del sample
+
+    # pose-normalise every clip once: neutral sums per speaker, and a train sample for the PCA
+    stride = _stride(total, max_pca_frames)
+    sums: dict[tuple[str, bool], np.ndarray] = {}
+    counts: dict[tuple[str, bool], int] = defaultdict(int)
+    shapes, speakers = [], []
+    for split, paths in paths_by_split.items():
+        for path in paths:
+            meta = metas[path]
+            _, normalised = pose_from_landmarks(landmarks(path), reference)
+            for neutral_only in (False, True):
+                if neutral_only and meta["emotion"] != 0:
+                    continue
+                key = (meta["speaker"], neutral_only)
+                sums[key] = sums.get(key, 0.0) + normalised.sum(0)
+                counts[key] += len(normalised)
+            if split == "train":
+                picked = normalised[::stride].astype(np.float32)
+                shapes.append(picked)
+                speakers += [meta["speaker"]] * len(picked)
+    all_speakers = sorted({s for s, _ in sums})
+    neutral, fallback = {}, []
+    for speaker in all_speakers:
+        key = (speaker, True) if counts[(speaker, True)] else (speaker, False)
+        if not key[1]:
+            fallback.append(speaker)
+        neutral[speaker] = sums[key] / counts[key]
+    shapes = np.concatenate(shapes)
+    offsets = shapes - np.stack([neutral[s] for s in speakers])
+    basis = ExpressionBasis.fit(offsets, reference, neutral, exp_dim)
+    full_variance = float(
+        ((offsets.reshape(len(offsets), -1) - basis.offset_mean) ** 2).sum() / max(1, len(offsets) - 1)
+    )
+    facts = {
+        "explained_variance_ratio": float(basis.explained_variance.sum() / max(full_variance, 1e-12)),
+        "pca_frames": int(len(offsets)),
+        "speakers_without_neutral": fallback,
+    }
+    return basis, facts
+
+
+def merge_cache(
+    cache: str | Path,
+    out: str | Path,
+    name: str,
+    config: ExtractConfig,
+    specs: Sequence[ClipSpec] | None = None,
+    coefficient_source: str = "mediapipe-pca",
+    exp_dim: int = 64,
+    seed: int = 0,
+    num_workers: int = 1,
+    allow_missing: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> DatasetCard:
+    """Fit the basis (``mediapipe-pca``), pack every split with litdata and write the card.
+
+    Arguments:
+        cache: the extraction cache.
+        out: dataset root.
+        specs: the clips that should be there; clips neither done nor failed are an error
+            (a shard was not run) unless ``allow_missing``. ``None``: whatever the cache holds.
+        coefficient_source: ``mediapipe-pca`` (fit the basis) or a source whose cache carries
+            ``exp`` and ``pose`` (``deep3dfacerecon``).
+    """
+    cache, out = Path(cache), Path(out)
+    if specs is not None:
+        ids = [s.clip_id for s in specs]
+        missing = [i for i in ids if not any(p.is_file() for p in cache_paths(cache, i))]
+        if missing and not allow_missing:
+            raise DatasetError(
+                f"{len(missing)} of {len(ids)} clips are neither extracted nor failed in {str(cache)!r} "
+                f"(e.g. {missing[0]!r}): run the remaining shards first, or pass --allow-missing"
+            )
+        paths = [str(cache_paths(cache, i)[0]) for i in ids if cache_paths(cache, i)[0].is_file()]
+    else:
+        paths = [str(p) for p in sorted((cache / "clips").glob("*.npz"))]
+    if not paths:
+        raise DatasetError(f"no extracted clips in {str(cache)!r}; see {str(cache / 'failures.jsonl')!r} for why")
+    metas = {p: load_cached(p, ("meta",))["meta"] for p in paths}
+    by_split: dict[str, list[str]] = defaultdict(list)
+    for path in paths:
+        by_split[metas[path]["split"]].append(path)
+    out.mkdir(parents=True, exist_ok=True)
+    facts: dict[str, Any] = {}
+    if coefficient_source == "mediapipe-pca":
+        basis, facts = fit_basis(by_split, metas, config.size, exp_dim)
+        basis.save(out / BASIS_NAME)
+        maker = RecordMaker(config.size, str(out / BASIS_NAME))
+        exp_dim = basis.exp_dim
+        facts["basis"] = BASIS_NAME
+        facts["num_landmarks"] = int(basis.reference.shape[0])
+    else:
+        maker = RecordMaker(config.size, None)
+        exp_dim = int(load_cached(paths[0], ("exp",))["exp"].shape[1])
+    failures = collect_failures(cache, out)
+    failed = sum(1 for _ in failures.open()) if failures.is_file() else 0
+    card = DatasetCard(
+        name=name,
+        exp_dim=exp_dim,
+        pose_dim=6,
+        coefficient_source=coefficient_source,
+        fps=config.fps,
+        audio=config.audio,
+        frame_size=config.size if config.frames else 0,
+        exp_names=[f"pc{i}" for i in range(exp_dim)] if coefficient_source == "mediapipe-pca" else [],
+        speakers={split: sorted({metas[p]["speaker"] for p in ps}) for split, ps in by_split.items()},
+        extra={
+            **(extra or {}),
+            **facts,
+            "extract": {k: v for k, v in config.to_dict().items() if k != "audio"},
+            "failed_clips": failed,
+        },
+    )
+    order = ("train", "val", "test")
+    items = {split: sorted(by_split[split]) for split in order if by_split.get(split)}
+    log.info("packing %s", {k: len(v) for k, v in items.items()})
+    return write_dataset(out, items, maker, card, seed=seed, num_workers=num_workers)
