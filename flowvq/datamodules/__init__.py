@@ -1,0 +1,7 @@
+"""LightningDataModules over the litdata clip shards of a dataset root."""
+
+from flowvq.datamodules.base import ClipDataModule, Normalizer
+from flowvq.datamodules.coefficients import CoefficientDataModule
+from flowvq.datamodules.frames import FrameDataModule, FramePairDataModule
+
+__all__ = ["ClipDataModule", "CoefficientDataModule", "FrameDataModule", "FramePairDataModule", "Normalizer"]
