@@ -51,7 +51,6 @@ def _lightning_cli_class() -> type:
             kwargs.setdefault("subclass_mode_model", True)
             kwargs.setdefault("subclass_mode_data", True)
             kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-            kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
             super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
 
         def before_instantiate_classes(self) -> None:
@@ -96,9 +95,11 @@ def _commands() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``flowvq`` console script."""
+    from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
-        _lightning_cli_class()(args=argv)
+        # from the console LightningCLI reads sys.argv itself (and warns if given both)
+        _lightning_cli_class()(args=None if from_console else argv)
         return
     from jsonargparse import CLI
 

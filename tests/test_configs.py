@@ -67,6 +67,8 @@ def test_fit_through_the_console_script(random_dataset, tmp_path):
             str(random_dataset),
             "--data.init_args.window",
             "8",
+            "--data.init_args.batch_size",
+            "4",
             "--trainer.max_epochs",
             "1",
             "--trainer.limit_train_batches",
