@@ -1,0 +1,229 @@
+"""Stage 1 of FlowVQTalker's image side: the VQGAN face codebook.
+
+Trains :class:`~flowvq.nn.vq_autoencoder.VQAutoencoder` with :class:`~flowvq.nn.vq_losses.VQLoss`
+(L1 + perceptual or its fallback, hinge PatchGAN with the adaptive weight from ``disc_start``)
+by manual optimization: one Adam(0.5, 0.9) for encoder/codebook/decoder, one for the
+discriminator. Batches are :class:`flowvq.datamodules.FrameDataModule`'s (``image`` [B, 3, H, W]
+in [-1, 1]). Logs reconstructions, PSNR and codebook usage (perplexity, fraction of entries in
+use) over each validation epoch.
+
+Note: with two optimizers stepping, Lightning's ``global_step`` counts optimizer steps (two per
+batch once the discriminator trains); ``disc_start`` here counts training batches
+(``self.train_batches``, saved in checkpoints).
+
+References:
+    Esser, Rombach, Ommer. Taming Transformers. https://arxiv.org/abs/2012.09841
+    Tan, Ji, Pan. FlowVQTalker. https://arxiv.org/abs/2403.06375
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from flowvq.nn.quantizer import codebook_usage
+from flowvq.nn.vq_autoencoder import VQAutoencoder
+from flowvq.nn.vq_losses import VQLoss
+
+__all__ = ["VQGAN", "image_grid", "psnr"]
+
+#: Hyperparameters that fix the autoencoder's architecture; a VQIG must agree on them.
+ARCHITECTURE_KEYS = (
+    "resolution",
+    "channels",
+    "ch_mult",
+    "num_res_blocks",
+    "attention",
+    "codebook_size",
+    "codebook_dim",
+)
+
+
+def psnr(x: Tensor, y: Tensor) -> Tensor:
+    """PSNR in dB per image (B,) for images in [-1, 1] (clamped), peak 1 after mapping to [0, 1]."""
+    x = (x.float().clamp(-1, 1) + 1) / 2
+    y = (y.float().clamp(-1, 1) + 1) / 2
+    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return -10.0 * torch.log10(mse)
+
+
+def image_grid(rows: list[Tensor], max_images: int = 8) -> Tensor:
+    """Stack rows of image batches (B, 3, H, W) in [-1, 1] into one (3, R*H, N*W) image in [0, 1]."""
+    rows = [r[:max_images].detach().float().clamp(-1, 1).add(1).div(2).cpu() for r in rows]
+    return torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)
+
+
+def require(batch: dict, key: str, who: str) -> Tensor:
+    """``batch[key]`` with an error that names the batch format expected."""
+    if key not in batch:
+        raise KeyError(
+            f"{who} needs batch[{key!r}]; the batch has {sorted(batch)}. Use the DataModule named in its config"
+        )
+    return batch[key]
+
+
+class VQGAN(L.LightningModule):
+    """The codebook model (stage 1).
+
+    Arguments:
+        resolution: side of the square face crops (must match the dataset's ``frame_size``).
+        channels, ch_mult, num_res_blocks, attention: encoder/decoder (see :class:`~flowvq.nn.vq_autoencoder.Encoder`).
+        codebook_size, codebook_dim: K entries of D dims (1024 x 256 in the paper).
+        ema_decay: EMA decay of the codebook.
+        commitment_weight: beta of the commitment loss (0.25).
+        kmeans_init: k-means initialisation of the codebook on the first batch.
+        threshold_ema_dead_code: replace entries whose EMA usage falls below this (0 = never).
+        pixel_weight, perceptual_weight, perceptual_weights_path, feature_match_weight,
+        ssim_weight, disc_weight, disc_start, adaptive_gan_weight, disc_channels, disc_layers,
+        disc_norm: the loss (see :class:`~flowvq.nn.vq_losses.VQLoss`).
+        lr: learning rate of both Adam optimizers.
+        betas: Adam betas (0.5, 0.9) as in taming.
+        log_images: reconstructions logged per validation epoch (0 = none).
+    """
+
+    def __init__(
+        self,
+        resolution: int = 256,
+        channels: int = 128,
+        ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4),
+        num_res_blocks: int = 2,
+        attention: bool = True,
+        codebook_size: int = 1024,
+        codebook_dim: int = 256,
+        ema_decay: float = 0.8,
+        commitment_weight: float = 0.25,
+        kmeans_init: bool = False,
+        threshold_ema_dead_code: float = 0.0,
+        pixel_weight: float = 1.0,
+        perceptual_weight: float = 1.0,
+        perceptual_weights_path: str | None = None,
+        feature_match_weight: float = 1.0,
+        ssim_weight: float = 1.0,
+        disc_weight: float = 0.8,
+        disc_start: int = 10000,
+        adaptive_gan_weight: bool = True,
+        disc_channels: int = 64,
+        disc_layers: int = 3,
+        disc_norm: str = "group",
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.5, 0.9),
+        log_images: int = 8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.autoencoder = VQAutoencoder(
+            resolution,
+            channels,
+            tuple(ch_mult),
+            num_res_blocks,
+            attention,
+            codebook_size,
+            codebook_dim,
+            decay=ema_decay,
+            commitment_weight=commitment_weight,
+            kmeans_init=kmeans_init,
+            threshold_ema_dead_code=threshold_ema_dead_code,
+        )
+        self.loss = VQLoss(
+            pixel_weight=pixel_weight,
+            perceptual_weight=perceptual_weight,
+            perceptual_weights_path=perceptual_weights_path,
+            feature_match_weight=feature_match_weight,
+            ssim_weight=ssim_weight,
+            disc_weight=disc_weight,
+            disc_start=disc_start,
+            adaptive_weight=adaptive_gan_weight,
+            disc_channels=disc_channels,
+            disc_layers=disc_layers,
+            disc_norm=disc_norm,
+        )
+        # Training batches seen (not optimizer steps): the clock of disc_start.
+        self.register_buffer("train_batches", torch.zeros((), dtype=torch.long))
+        self._val_counts: Tensor | None = None
+
+    def setup(self, stage: str) -> None:
+        card = getattr(getattr(self.trainer, "datamodule", None), "card", None) if self._trainer else None
+        if card is not None and card.frame_size and card.frame_size != self.hparams.resolution:
+            raise ValueError(
+                f"VQGAN resolution={self.hparams.resolution} but the dataset {card.name!r} has "
+                f"{card.frame_size} px frames: set model.init_args.resolution to {card.frame_size} or use a "
+                f"dataset made at {self.hparams.resolution} px"
+            )
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.autoencoder.quantizer.enable_distributed_sync()
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Images (B, 3, H, W) -> reconstruction, commitment loss, indices (B, h, w)."""
+        self.autoencoder.check_images(images, "batch['image']")
+        return self.autoencoder(images)
+
+    def configure_optimizers(self):
+        lr, betas = self.hparams.lr, tuple(self.hparams.betas)
+        opt_g = torch.optim.Adam(self.autoencoder.parameters(), lr=lr, betas=betas)
+        opt_d = torch.optim.Adam(self.loss.discriminator.parameters(), lr=lr, betas=betas)
+        return [opt_g, opt_d]
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        images = require(batch, "image", "VQGAN")
+        opt_g, opt_d = self.optimizers()
+        step = int(self.train_batches)
+        recon, commit_loss, indices = self(images)
+
+        self.toggle_optimizer(opt_g)
+        g_loss, g_logs = self.loss.generator_loss(
+            images, recon, step, extra_loss=commit_loss, last_layer=self.autoencoder.last_layer
+        )
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)  # frees the memory, and no stale gradient lingers
+        self.untoggle_optimizer(opt_g)
+
+        logs = {f"train/{k}": v for k, v in g_logs.items()}
+        logs["train/commit"] = commit_loss.detach()
+        if self.loss.gan_active(step):
+            self.toggle_optimizer(opt_d)
+            d_loss, d_logs = self.loss.discriminator_loss(images, recon.detach())
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+            self.untoggle_optimizer(opt_d)
+            logs.update({f"train/{k}": v for k, v in d_logs.items()})
+        usage = codebook_usage(torch.bincount(indices.flatten(), minlength=self.hparams.codebook_size))
+        logs["train/perplexity"] = usage["perplexity"]
+        self.train_batches += 1
+        self.log_dict(logs, prog_bar=False, batch_size=images.shape[0])
+        self.log("train/loss", g_logs["total"], prog_bar=True, batch_size=images.shape[0])
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_counts = torch.zeros(self.hparams.codebook_size, dtype=torch.long, device=self.device)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images = require(batch, "image", "VQGAN")
+        recon, _, indices = self(images)
+        size = images.shape[0]
+        self.log("val/l1", (recon - images).abs().mean(), batch_size=size, sync_dist=True)
+        self.log("val/psnr", psnr(recon, images).mean(), batch_size=size, prog_bar=True, sync_dist=True)
+        if self._val_counts is not None:
+            self._val_counts += torch.bincount(indices.flatten(), minlength=self.hparams.codebook_size)
+        if batch_idx == 0 and self.hparams.log_images:
+            self._log_image("val/reconstruction", image_grid([images, recon], self.hparams.log_images))
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_counts is None:
+            return
+        counts = self._val_counts
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+        usage = codebook_usage(counts)
+        self.log("val/perplexity", usage["perplexity"], prog_bar=True)
+        self.log("val/codebook_usage", usage["usage"])
+        self._val_counts = None
+
+    def _log_image(self, tag: str, grid: Tensor) -> None:
+        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if experiment is not None and hasattr(experiment, "add_image"):
+            experiment.add_image(tag, grid, self.current_epoch)

@@ -1,0 +1,343 @@
+"""Stage 2 of FlowVQTalker's image side: the Vector Quantized Image Generator (VQIG).
+
+Renders a target frame from a source face image and target coefficients (expression + pose)
+through the frozen stage-1 codebook and decoder (:class:`~flowvq.nn.vqig.VQIGNet`). Trained on
+:class:`flowvq.datamodules.FramePairDataModule` batches (``source``, ``target``, ``target_exp``,
+``target_pose``) with L1 + perceptual (or its fallback) on the image, cross-entropy of the
+predicted code logits against the codes of the encoded target, and a hinge PatchGAN term.
+
+The stage-1 checkpoint (``codebook_checkpoint``) is read in :meth:`setup` (or by calling
+:meth:`load_codebook`), not in the constructor, so a config instantiates before stage 1 has
+run; a VQIG checkpoint carries the frozen codebook and decoder itself and renders alone.
+
+The paper's ablation is four configs: ``use_warp``, ``use_fusion``, ``use_cross_attention`` and
+``use_codebook`` set to false one at a time (``configs/vqig_ablation/``).
+
+References:
+    Tan, Ji, Pan. FlowVQTalker. https://arxiv.org/abs/2403.06375
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from flowvq.data.card import check_dims
+from flowvq.lightning_modules.vqgan import ARCHITECTURE_KEYS, image_grid, psnr, require
+from flowvq.nn.perceptual import ssim
+from flowvq.nn.vq_autoencoder import VQAutoencoder
+from flowvq.nn.vq_losses import VQLoss
+from flowvq.nn.vqig import VQIGNet
+
+__all__ = ["VQIG", "CodebookMismatchError"]
+
+
+#: The VQIG hyperparameter that must equal each stage-1 architecture key.
+_HPARAM_OF = {
+    "resolution": "resolution",
+    "channels": "codebook_channels",
+    "ch_mult": "codebook_ch_mult",
+    "num_res_blocks": "codebook_res_blocks",
+    "attention": "codebook_attention",
+    "codebook_size": "codebook_size",
+    "codebook_dim": "codebook_dim",
+}
+
+
+class CodebookMismatchError(ValueError):
+    """A stage-1 checkpoint whose codebook or resolution differ from what the VQIG is configured for."""
+
+
+class VQIG(L.LightningModule):
+    """The image generator (stage 2).
+
+    Arguments:
+        codebook_checkpoint: path of the stage-1 :class:`~flowvq.lightning_modules.vqgan.VQGAN`
+            checkpoint; read in :meth:`setup` when training starts (not needed with
+            ``use_codebook: false``, nor to load a VQIG checkpoint).
+        exp_dim, pose_dim: coefficient sizes (filled from the dataset card by the CLI).
+        resolution, codebook_size, codebook_dim, codebook_channels, codebook_ch_mult,
+        codebook_res_blocks, codebook_attention: the stage-1 architecture this VQIG is built
+            for; a checkpoint that differs is refused, naming both.
+        channels, ch_mult, num_res_blocks, feature_dim, motion_dim, fuse_blocks, num_heads,
+        lookup: the generator (see :class:`~flowvq.nn.vqig.VQIGNet`).
+        use_warp, use_fusion, use_cross_attention, use_codebook: ablation switches.
+        pixel_weight, perceptual_weight, perceptual_weights_path, feature_match_weight,
+        ssim_weight, disc_weight, disc_start, disc_channels, disc_layers, disc_norm: image
+            losses (see :class:`~flowvq.nn.vq_losses.VQLoss`; the GAN weight is fixed since the
+            decoder is frozen).
+        code_weight: weight of the code cross-entropy.
+        lr, betas: Adam for the generator and the discriminator.
+        log_images: frames logged per validation epoch (0 = none).
+    """
+
+    def __init__(
+        self,
+        codebook_checkpoint: str | None = None,
+        exp_dim: int | None = 64,
+        pose_dim: int | None = 6,
+        resolution: int = 256,
+        codebook_size: int = 1024,
+        codebook_dim: int = 256,
+        codebook_channels: int = 128,
+        codebook_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4),
+        codebook_res_blocks: int = 2,
+        codebook_attention: bool = True,
+        channels: int = 64,
+        ch_mult: tuple[int, ...] = (1, 2, 2, 4, 4),
+        num_res_blocks: int = 1,
+        feature_dim: int = 256,
+        motion_dim: int = 256,
+        fuse_blocks: int = 2,
+        num_heads: int = 8,
+        lookup: str = "straight_through",
+        use_warp: bool = True,
+        use_fusion: bool = True,
+        use_cross_attention: bool = True,
+        use_codebook: bool = True,
+        pixel_weight: float = 1.0,
+        perceptual_weight: float = 1.0,
+        perceptual_weights_path: str | None = None,
+        feature_match_weight: float = 1.0,
+        ssim_weight: float = 1.0,
+        code_weight: float = 1.0,
+        disc_weight: float = 0.1,
+        disc_start: int = 5000,
+        disc_channels: int = 64,
+        disc_layers: int = 3,
+        disc_norm: str = "group",
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.5, 0.9),
+        log_images: int = 8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        if exp_dim is None or pose_dim is None:
+            raise ValueError("VQIG needs exp_dim and pose_dim (the CLI fills them from the dataset card)")
+        autoencoder = VQAutoencoder(
+            resolution,
+            codebook_channels,
+            tuple(codebook_ch_mult),
+            codebook_res_blocks,
+            codebook_attention,
+            codebook_size,
+            codebook_dim,
+        )
+        self.net = VQIGNet(
+            autoencoder,
+            exp_dim,
+            pose_dim,
+            channels=channels,
+            ch_mult=tuple(ch_mult),
+            num_res_blocks=num_res_blocks,
+            feature_dim=feature_dim,
+            motion_dim=motion_dim,
+            fuse_blocks=fuse_blocks,
+            num_heads=num_heads,
+            use_warp=use_warp,
+            use_fusion=use_fusion,
+            use_cross_attention=use_cross_attention,
+            use_codebook=use_codebook,
+            lookup=lookup,
+        )
+        self.loss = VQLoss(
+            pixel_weight=pixel_weight,
+            perceptual_weight=perceptual_weight,
+            perceptual_weights_path=perceptual_weights_path,
+            feature_match_weight=feature_match_weight,
+            ssim_weight=ssim_weight,
+            disc_weight=disc_weight,
+            disc_start=disc_start,
+            adaptive_weight=False,
+            disc_channels=disc_channels,
+            disc_layers=disc_layers,
+            disc_norm=disc_norm,
+        )
+        # Saved with the model: a VQIG checkpoint already holds its codebook.
+        self.register_buffer("codebook_loaded", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("train_batches", torch.zeros((), dtype=torch.long))
+
+    # ---------------------------------------------------------------- stage-1 checkpoint
+
+    def expected_architecture(self) -> dict:
+        h = self.hparams
+        return {
+            "resolution": h.resolution,
+            "channels": h.codebook_channels,
+            "ch_mult": list(h.codebook_ch_mult),
+            "num_res_blocks": h.codebook_res_blocks,
+            "attention": h.codebook_attention,
+            "codebook_size": h.codebook_size,
+            "codebook_dim": h.codebook_dim,
+        }
+
+    def load_codebook(self, path: str | Path) -> None:
+        """Copy the frozen encoder, codebook and decoder from a stage-1 VQGAN checkpoint.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            CodebookMismatchError: the checkpoint's codebook size/dim, resolution or
+                autoencoder architecture differ from this VQIG's; the message names both.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"codebook checkpoint {str(path)!r} does not exist: train stage 1 first "
+                "(`flowvq fit --config configs/vqgan.yaml`, or configs/tiny/vqgan.yaml at CPU scale) "
+                "or set model.init_args.codebook_checkpoint to its checkpoint"
+            )
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        state = checkpoint.get("state_dict", {})
+        ours = self.expected_architecture()
+        if not hparams or not any(k.startswith("autoencoder.") for k in state):
+            raise CodebookMismatchError(
+                f"{str(path)!r} is not a VQGAN codebook checkpoint (no autoencoder weights or hyperparameters); "
+                "point codebook_checkpoint at a checkpoint of flowvq.lightning_modules.vqgan.VQGAN"
+            )
+        theirs = {k: (list(hparams[k]) if k == "ch_mult" else hparams[k]) for k in ARCHITECTURE_KEYS if k in hparams}
+        wrong = {k: (theirs[k], ours[k]) for k in ours if k in theirs and theirs[k] != ours[k]}
+        if wrong:
+            have = ", ".join(f"{k}={v[0]}" for k, v in wrong.items())
+            want = ", ".join(f"{k}={v[1]}" for k, v in wrong.items())
+            fix = ", ".join(f"{_HPARAM_OF[k]}: {v[0]}" for k, v in wrong.items())
+            raise CodebookMismatchError(
+                f"codebook checkpoint {str(path)!r} has {have}, but this VQIG is configured for {want}. "
+                f"Set model.init_args ({fix}) to match the checkpoint, or train a codebook with the VQIG's sizes"
+            )
+        prefix = "autoencoder."
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        self.net.autoencoder.load_state_dict(weights)
+        self.net.autoencoder.requires_grad_(False)
+        self.codebook_loaded.fill_(True)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        card = getattr(datamodule, "card", None)
+        if card is not None:
+            check_dims(
+                {"exp_dim": self.hparams.exp_dim, "pose_dim": self.hparams.pose_dim},
+                card,
+                "VQIG",
+                getattr(datamodule, "root", None),
+            )
+            if card.frame_size and card.frame_size != self.hparams.resolution:
+                raise ValueError(
+                    f"VQIG resolution={self.hparams.resolution} but the dataset {card.name!r} has {card.frame_size} px "
+                    "frames: use a codebook and VQIG built for the dataset's frame size"
+                )
+        if stage == "fit" and not bool(self.codebook_loaded):
+            if self.hparams.codebook_checkpoint:
+                self.load_codebook(self.hparams.codebook_checkpoint)
+            elif self.hparams.use_codebook:
+                raise ValueError(
+                    "VQIG needs the stage-1 codebook to train: set model.init_args.codebook_checkpoint to a "
+                    "VQGAN checkpoint (e.g. runs/tiny_vqgan/checkpoints/last.ckpt)"
+                )
+
+    # ---------------------------------------------------------------- training
+
+    def configure_optimizers(self):
+        lr, betas = self.hparams.lr, tuple(self.hparams.betas)
+        params = [p for n, p in self.net.named_parameters() if not n.startswith("autoencoder.")]
+        opt_g = torch.optim.Adam(params, lr=lr, betas=betas)
+        opt_d = torch.optim.Adam(self.loss.discriminator.parameters(), lr=lr, betas=betas)
+        return [opt_g, opt_d]
+
+    def forward(self, source: Tensor, exp: Tensor, pose: Tensor) -> dict[str, Tensor]:
+        self.net.autoencoder.check_images(source, "source")
+        return self.net(source, exp, pose)
+
+    def _losses(self, batch: dict, step: int) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        source = require(batch, "source", "VQIG")
+        target = require(batch, "target", "VQIG")
+        out = self(source, require(batch, "target_exp", "VQIG"), require(batch, "target_pose", "VQIG"))
+        extra = None
+        logs: dict[str, Tensor] = {}
+        if "logits" in out:
+            target_codes = self.net.autoencoder.encode_indices(target)  # (B, h, w)
+            code_loss = F.cross_entropy(rearrange(out["logits"], "b n k -> b k n").float(), target_codes.flatten(1))
+            extra = self.hparams.code_weight * code_loss
+            logs["code_ce"] = code_loss.detach()
+            logs["code_acc"] = (out["logits"].argmax(-1) == target_codes.flatten(1)).float().mean()
+        loss, g_logs = self.loss.generator_loss(target, out["image"], step, extra_loss=extra)
+        logs.update(g_logs)
+        return loss, logs, out
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        step = int(self.train_batches)
+        self.toggle_optimizer(opt_g)
+        loss, logs, out = self._losses(batch, step)
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)  # frees the memory, and no stale gradient lingers
+        self.untoggle_optimizer(opt_g)
+        if self.loss.gan_active(step):
+            self.toggle_optimizer(opt_d)
+            d_loss, d_logs = self.loss.discriminator_loss(batch["target"], out["image"].detach())
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+            self.untoggle_optimizer(opt_d)
+            logs.update(d_logs)
+        self.train_batches += 1
+        size = batch["target"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=size)
+        self.log("train/loss", logs["total"], prog_bar=True, batch_size=size)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        _, logs, out = self._losses(batch, 0)
+        target = batch["target"]
+        size = target.shape[0]
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=size, sync_dist=True)
+        self.log("val/psnr", psnr(out["image"], target).mean(), batch_size=size, prog_bar=True, sync_dist=True)
+        self.log("val/ssim", ssim(out["image"].clamp(-1, 1), target).mean(), batch_size=size, sync_dist=True)
+        if batch_idx == 0 and self.hparams.log_images:
+            grid = image_grid([batch["source"], target, out["image"]], self.hparams.log_images)
+            experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+            if experiment is not None and hasattr(experiment, "add_image"):
+                experiment.add_image("val/source_target_generated", grid, self.current_epoch)
+
+    # ---------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def render(self, source_image: Tensor, exp: Tensor, pose: Tensor, batch_size: int = 16) -> Tensor:
+        """Frames of one source face driven by a sequence of coefficients.
+
+        Arguments:
+            source_image: (3, H, W) or (1, 3, H, W) in [-1, 1], H = W = ``resolution``.
+            exp: (T, E) target expression coefficients, normalised with the dataset's train stats
+                (as the DataModules give them).
+            pose: (T, P) target poses, normalised likewise.
+            batch_size: frames per forward pass.
+
+        Returns:
+            (T, 3, H, W) frames in [-1, 1].
+        """
+        if source_image.ndim == 3:
+            source_image = source_image.unsqueeze(0)
+        if exp.ndim != 2 or pose.ndim != 2 or exp.shape[0] != pose.shape[0]:
+            raise ValueError(
+                f"render needs exp (T, E) and pose (T, P) of the same length, got {tuple(exp.shape)} and {tuple(pose.shape)}"
+            )
+        was_training = self.training
+        self.eval()
+        source_image = source_image.to(self.device)
+        self.net.autoencoder.check_images(source_image, "source_image")
+        features = self.net.source_encoder(source_image)  # (1, C, h, w), computed once for the sequence
+        frames = []
+        for start in range(0, exp.shape[0], batch_size):
+            e = exp[start : start + batch_size].to(self.device)
+            p = pose[start : start + batch_size].to(self.device)
+            frames.append(self.net.generate(features, e, p)["image"].clamp(-1, 1))
+        self.train(was_training)
+        return torch.cat(frames)
