@@ -27,7 +27,7 @@ from flowvq.data.preprocess.layouts import (
 from flowvq.data.preprocess.merge import merge_cache
 from flowvq.data.preprocess.runner import RunSummary, run_extraction
 
-__all__ = ["preprocess_folder", "preprocess_hdtf", "preprocess_lrs3", "preprocess_mead", "run_preprocess"]
+__all__ = ["extract_config", "preprocess_folder", "preprocess_hdtf", "preprocess_lrs3", "preprocess_mead", "run_preprocess"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,15 @@ def run_preprocess(
     return card
 
 
-def _config(size: int, frames: bool, crop_smoothing: float | None, max_gap: int, refine_landmarks: bool, n_mels: int):
+def extract_config(
+    size: int = 256,
+    frames: bool = True,
+    crop_smoothing: float | None = 12.5,
+    max_gap: int = 5,
+    refine_landmarks: bool = True,
+    n_mels: int = 80,
+) -> ExtractConfig:
+    """The extraction settings the commands expose."""
     return ExtractConfig(
         size=size,
         frames=frames,
@@ -167,7 +175,7 @@ def preprocess_mead(
         specs,
         out,
         f"mead-{view}",
-        _config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
+        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
         workers=workers,
         exp_dim=exp_dim,
         num_shards=num_shards,
@@ -236,7 +244,7 @@ def preprocess_lrs3(
         specs,
         out,
         "lrs3",
-        _config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
+        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
         workers=workers,
         exp_dim=exp_dim,
         num_shards=num_shards,
@@ -305,7 +313,7 @@ def preprocess_hdtf(
         specs,
         out,
         "hdtf",
-        _config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
+        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
         workers=workers,
         exp_dim=exp_dim,
         num_shards=num_shards,
@@ -382,7 +390,7 @@ def preprocess_folder(
         specs,
         out,
         name,
-        _config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
+        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
         workers=workers,
         exp_dim=exp_dim,
         num_shards=num_shards,
