@@ -144,12 +144,13 @@ class VQGAN(L.LightningModule):
         self._val_counts: Tensor | None = None
 
     def setup(self, stage: str) -> None:
-        card = getattr(getattr(self.trainer, "datamodule", None), "card", None) if self._trainer else None
-        if card is not None and card.frame_size and card.frame_size != self.hparams.resolution:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        card = getattr(datamodule, "card", None)
+        size = getattr(datamodule, "image_size", getattr(card, "frame_size", 0))
+        if size and size != self.hparams.resolution:
             raise ValueError(
-                f"VQGAN resolution={self.hparams.resolution} but the dataset {card.name!r} has "
-                f"{card.frame_size} px frames: set model.init_args.resolution to {card.frame_size} or use a "
-                f"dataset made at {self.hparams.resolution} px"
+                f"VQGAN resolution={self.hparams.resolution} but the data gives {size} px frames: set "
+                f"data.init_args.image_size to {self.hparams.resolution}, or model.init_args.resolution to {size}"
             )
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self.autoencoder.quantizer.enable_distributed_sync()

@@ -79,8 +79,8 @@ class VQIG(L.LightningModule):
     def __init__(
         self,
         codebook_checkpoint: str | None = None,
-        exp_dim: int | None = 64,
-        pose_dim: int | None = 6,
+        exp_dim: int | None = None,
+        pose_dim: int | None = None,
         resolution: int = 256,
         codebook_size: int = 1024,
         codebook_dim: int = 256,
@@ -119,7 +119,10 @@ class VQIG(L.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         if exp_dim is None or pose_dim is None:
-            raise ValueError("VQIG needs exp_dim and pose_dim (the CLI fills them from the dataset card)")
+            raise ValueError(
+                f"VQIG needs exp_dim and pose_dim, got exp_dim={exp_dim}, pose_dim={pose_dim}: "
+                "`flowvq fit` fills them from the dataset card; in Python pass the card's sizes"
+            )
         autoencoder = VQAutoencoder(
             resolution,
             codebook_channels,
@@ -227,10 +230,12 @@ class VQIG(L.LightningModule):
                 "VQIG",
                 getattr(datamodule, "root", None),
             )
-            if card.frame_size and card.frame_size != self.hparams.resolution:
+            size = getattr(datamodule, "image_size", card.frame_size)
+            if size and size != self.hparams.resolution:
                 raise ValueError(
-                    f"VQIG resolution={self.hparams.resolution} but the dataset {card.name!r} has {card.frame_size} px "
-                    "frames: use a codebook and VQIG built for the dataset's frame size"
+                    f"VQIG resolution={self.hparams.resolution} but the data gives {size} px frames "
+                    f"({card.name!r}): set data.init_args.image_size to {self.hparams.resolution}, or use a "
+                    "codebook and VQIG built for the data's frame size"
                 )
         if stage == "fit" and not bool(self.codebook_loaded):
             if self.hparams.codebook_checkpoint:
