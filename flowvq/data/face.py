@@ -15,9 +15,9 @@ The ``mediapipe-pca`` coefficient source of the data contract:
   and the pose-normalised shape whose deviation from the speaker's neutral mean shape is the
   input of the PCA expression basis (:class:`ExpressionBasis`).
 
-Coordinates are x right, y down, z away from the camera (mediapipe's; right-handed), so
-positive roll turns the face clockwise in the image, positive yaw turns the nose towards
-image right, and positive pitch tilts the chin towards the camera.
+Coordinates are x right, y down, z away from the camera (mediapipe's; right-handed), and
+``R = Rz(roll) Ry(yaw) Rx(pitch)``: positive roll turns the face clockwise in the image,
+positive yaw turns the nose towards image left, positive pitch turns it down.
 
 The 478 -> iBUG-68 mapping (:data:`IBUG68_FROM_FACEMESH`) is derived from FaceMesh's own
 contour lists (``mp.solutions.face_mesh_connections``) on a near-frontal reference face by
@@ -450,8 +450,9 @@ def ffhq_quads(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     eye_avg = (eye_left + eye_right) / 2
     eye_to_eye = eye_right - eye_left
     eye_to_mouth = mouth - eye_avg
-    # the x axis follows the eye line, corrected by the eye-to-mouth direction turned by -90 degrees
-    x = eye_to_eye - np.stack([eye_to_mouth[:, 1], -eye_to_mouth[:, 0]], axis=1)
+    # the x axis: the eye line averaged with the eye-to-mouth direction turned by -90 degrees
+    # (which points along the eye line of an upright face), so that both set the face's roll
+    x = eye_to_eye + np.stack([eye_to_mouth[:, 1], -eye_to_mouth[:, 0]], axis=1)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     half = np.maximum(np.linalg.norm(eye_to_eye, axis=1) * 2.0, np.linalg.norm(eye_to_mouth, axis=1) * 1.8)
     centre = eye_avg + eye_to_mouth * 0.1
