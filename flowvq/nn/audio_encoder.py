@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -30,22 +30,34 @@ class AudioWindowEncoder(nn.Module):
         if mel_bins < 1 or out_features < 1:
             raise ValueError(f"mel_bins and out_features must be >= 1, got {mel_bins} and {out_features}")
         self.mel_bins = mel_bins
-        blocks: list[nn.Module] = []
-        channels = mel_bins
-        for _ in range(layers):
-            blocks += [nn.Conv1d(channels, hidden, kernel_size=3, padding=1), nn.GELU()]
-            channels = hidden
-        self.convs = nn.Sequential(*blocks)
         self.segments = segments
+        # a per-column projection of the mel bins, then convolutions along the columns
+        self.project = nn.Sequential(nn.Linear(mel_bins, hidden), nn.GELU())
+        self.convs = nn.Sequential(
+            *[m for _ in range(max(layers - 1, 0)) for m in (nn.Conv1d(hidden, hidden, 3, padding=1), nn.GELU())]
+        )
         self.out = nn.Sequential(
             nn.Linear(segments * hidden, out_features), nn.GELU(), nn.Linear(out_features, out_features)
         )
+        self._pooling: dict[int, Tensor] = {}
+
+    def pooling(self, columns: int, like: Tensor) -> Tensor:
+        """``[C, S]`` averaging matrix over the same segments as adaptive average pooling
+        (a matrix product is much faster than adaptive pooling on CPU)."""
+        if columns not in self._pooling:
+            weights = torch.zeros(columns, self.segments)
+            for s in range(self.segments):
+                start = (s * columns) // self.segments
+                end = -((-(s + 1) * columns) // self.segments)  # ceil
+                weights[start:end, s] = 1.0 / (end - start)
+            self._pooling[columns] = weights
+        return self._pooling[columns].to(like.device, like.dtype)
 
     def forward(self, mel: Tensor) -> Tensor:
         """Encode mel windows.
 
         Einstein notation: ``b`` batch, ``t`` frames, ``c`` mel columns in a frame's window,
-        ``m`` mel bins, ``d`` code size.
+        ``m`` mel bins, ``h`` hidden channels, ``s`` segments, ``d`` code size.
 
         Arguments:
             mel: ``[b, t, c, m]`` (or ``[b, c, m]`` for one frame per row).
@@ -61,8 +73,9 @@ class AudioWindowEncoder(nn.Module):
         single = mel.dim() == 3
         if single:
             mel = mel.unsqueeze(1)
-        b = mel.shape[0]
-        h = self.convs(rearrange(mel, "b t c m -> (b t) m c"))  # (BT, H, C)
-        pooled = rearrange(F.adaptive_avg_pool1d(h, self.segments), "n h s -> n (h s)")  # (BT, H * S)
+        b, _, c, _ = mel.shape
+        h = self.project(rearrange(mel, "b t c m -> (b t) c m"))  # (BT, C, H)
+        h = self.convs(rearrange(h, "n c h -> n h c"))  # (BT, H, C)
+        pooled = rearrange(h @ self.pooling(c, h), "n h s -> n (h s)")  # (BT, H * S)
         code = rearrange(self.out(pooled), "(b t) d -> b t d", b=b)
         return code[:, 0] if single else code

@@ -160,7 +160,8 @@ class CoefficientFlowNet(nn.Module):
             ``"gaussian"`` (PoseFlow).
         anchor: the neutral component intensity interpolates from (None: no intensity).
         prev_frames: K, previous frames in the context.
-        audio_features: size of the per-frame audio code.
+        audio_features, audio_hidden: size of the per-frame audio code, and of the audio
+            encoder's channels.
         recurrent: ``"gru"`` or ``"lstm"``; ``recurrent_hidden`` its size.
         flow_layers, coupling_hidden, coupling_blocks, linear: the frame flow.
         data_dropout: probability of hiding the previous frames in training.
@@ -168,6 +169,9 @@ class CoefficientFlowNet(nn.Module):
         intensity_levels: number of intensity levels (MEAD: 3); each gets a learned factor
             along the neutral -> emotion line, increasing with the level, the top one fixed
             to 1 (so the component location is the strongest level's).
+        prior_init_spread: std of the random initial component locations: distinct
+            components from the start let the flow separate emotions quickly (all at the
+            origin, the components stay alike for many steps).
     """
 
     def __init__(
@@ -179,6 +183,7 @@ class CoefficientFlowNet(nn.Module):
         anchor: int | None = 0,
         prev_frames: int = 4,
         audio_features: int = 64,
+        audio_hidden: int = 64,
         recurrent: Literal["gru", "lstm"] = "gru",
         recurrent_hidden: int = 128,
         flow_layers: int = 4,
@@ -188,6 +193,7 @@ class CoefficientFlowNet(nn.Module):
         data_dropout: float = 0.0,
         data_dropout_mode: Literal["frame", "sequence"] = "frame",
         intensity_levels: int = 3,
+        prior_init_spread: float = 1.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= data_dropout <= 1.0:
@@ -203,7 +209,7 @@ class CoefficientFlowNet(nn.Module):
         self.data_dropout = data_dropout
         self.data_dropout_mode = data_dropout_mode
         self.recurrent_kind = recurrent
-        self.audio = AudioWindowEncoder(mel_bins, audio_features)
+        self.audio = AudioWindowEncoder(mel_bins, audio_features, hidden=audio_hidden)
         history = prev_frames * (features + 1)  # frames and their present flags
         rnn = nn.GRU if recurrent == "gru" else nn.LSTM
         self.recurrent = rnn(audio_features + history, recurrent_hidden, batch_first=True)
@@ -211,7 +217,9 @@ class CoefficientFlowNet(nn.Module):
         self.flow = ConditionalFrameFlow(
             features, self.context_features, flow_layers, coupling_hidden, coupling_blocks, linear
         )
-        self.prior: LatentPrior = make_prior(prior, features, num_components, anchor=anchor)
+        self.prior: LatentPrior = make_prior(
+            prior, features, num_components, anchor=anchor, init_spread=prior_init_spread
+        )
         self.intensity_levels = intensity_levels
         self.level_logits = nn.Parameter(torch.zeros(max(intensity_levels, 1)))
 
@@ -316,10 +324,26 @@ class CoefficientFlowNet(nn.Module):
     # -- streaming generation --------------------------------------------------------------
 
     def init_state(
-        self, batch: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+        self,
+        batch: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        prev: Tensor | None = None,
+        prev_mask: Tensor | None = None,
     ) -> FlowState:
-        """The state at the start of a clip: no previous frames, zero recurrent state."""
+        """The state at the start of a clip (no previous frames), or after ``prev [B, K', D]``.
+
+        The recurrent state always starts at zero, as it does for a training window.
+        """
         k = self.prev_frames
+        if prev is not None:
+            if prev.shape[1] < k:
+                raise ValueError(f"prev has {prev.shape[1]} frames, the flow conditions on {k}")
+            prev = prev[:, prev.shape[1] - k :].to(device, dtype)
+            present = torch.ones(batch, k, device=device, dtype=dtype)
+            if prev_mask is not None:
+                present = prev_mask[:, prev_mask.shape[1] - k :].to(device, dtype)
+            return FlowState(prev * present.unsqueeze(-1), present, None)
         return FlowState(
             torch.zeros(batch, k, self.features, device=device, dtype=dtype),
             torch.zeros(batch, k, device=device, dtype=dtype),
@@ -351,6 +375,8 @@ class CoefficientFlowNet(nn.Module):
         temperature: float = 1.0,
         loc: Tensor | None = None,
         z: Tensor | None = None,
+        prev: Tensor | None = None,
+        prev_mask: Tensor | None = None,
     ) -> Tensor:
         """Generate ``[B, T, D]`` frame by frame for mel windows ``[B, T, C, M]``.
 
@@ -360,12 +386,14 @@ class CoefficientFlowNet(nn.Module):
             temperature: spread of the latent draws around the location (0: the location).
             loc: ``[B, D]`` latent location replacing the component's (emotion transfer).
             z: ``[B, T, D]`` latents to decode instead of drawing them.
+            prev, prev_mask: ``[B, K', D]`` frames to continue from and which exist
+                (``K' >= K``); None: a clip start.
         """
         b, t = mel.shape[:2]
         if z is None:
             z = self.draw_latents(b, t, component, intensity, temperature, loc, device=mel.device)
         audio = self.audio(mel)  # (B, T, A)
-        state = self.init_state(b, mel.device, audio.dtype)
+        state = self.init_state(b, mel.device, audio.dtype, prev, prev_mask)
         frames = []
         for index in range(t):
             x, state = self.step(z[:, index], audio[:, index], state)

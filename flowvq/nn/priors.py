@@ -321,8 +321,20 @@ class StudentTMixture(_Mixture):
 _PRIORS = {"student_t_mixture": StudentTMixture, "gaussian_mixture": GaussianMixture, "gaussian": StandardGaussian}
 
 
-def make_prior(kind: str, features: int, num_components: int, anchor: int | None = 0) -> LatentPrior:
-    """Build a prior by name: ``student_t_mixture``, ``gaussian_mixture`` or ``gaussian``."""
+def make_prior(
+    kind: str, features: int, num_components: int, anchor: int | None = 0, init_spread: float = 0.0
+) -> LatentPrior:
+    """Build a prior by name: ``student_t_mixture``, ``gaussian_mixture`` or ``gaussian``.
+
+    ``init_spread`` is the std of the mixtures' random initial locations (the anchor's
+    location starts at the origin); the Gaussian ignores it.
+    """
     if kind not in _PRIORS:
         raise ValueError(f"unknown prior {kind!r}: expected one of {', '.join(_PRIORS)}")
-    return _PRIORS[kind](features, num_components, anchor=anchor)
+    if kind == "gaussian":
+        return StandardGaussian(features)
+    prior = _PRIORS[kind](features, num_components, anchor=anchor, init_spread=init_spread)
+    if anchor is not None:
+        with torch.no_grad():
+            prior.loc[anchor].zero_()
+    return prior

@@ -1,0 +1,564 @@
+"""ExpFlow and PoseFlow (FlowVQTalker's flow-based coefficient generator) as one LightningModule.
+
+ExpFlow and PoseFlow are configurations of :class:`CoefficientFlow`:
+
+- ExpFlow: ``field="exp"``, ``prior="student_t_mixture"`` (one component per emotion),
+  data dropout on; sampled by emotion, intensity and temperature.
+- PoseFlow: ``field="pose"`` (+ ``extra_exp_names=["blink"]`` where the data has a blink
+  dimension), ``prior="gaussian"``; pretrained on emotion-free shards (LRS3, or SynthTalk at
+  CPU scale) and fine-tuned with ``init_from`` pointing at the pretrained checkpoint.
+
+Training maximises the teacher-forced log-likelihood of the DataModule's windows (reported as
+nats per dimension). At each validation it logs the NLL, and, on a few batches, samples N
+sequences per window to log the diversity, the lip-sync correlation of samples and of the
+ground truth (ExpFlow), the emotion accuracy of samples (when an emotion classifier
+checkpoint is configured), a figure of sampled trajectories against the ground truth, and the
+latents per emotion (TensorBoard projector).
+
+References:
+    FlowVQTalker, https://arxiv.org/abs/2403.06375.
+    MoGlow, https://arxiv.org/abs/1905.06598.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from einops import rearrange, repeat
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from flowvq.data.card import DatasetCard, DatasetError
+from flowvq.data.schema import EMOTIONS, emotion_index
+from flowvq.lightning_modules.common import check_module_against_data, tensorboard
+from flowvq.metrics.diversity import SampleDiversity
+from flowvq.metrics.lipsync import LipSyncCorrelation
+from flowvq.nn.flows import CoefficientFlowNet
+
+__all__ = ["CoefficientFlow", "LatentCode"]
+
+
+@dataclass
+class LatentCode:
+    """A reference's place in the latent space (:meth:`CoefficientFlow.encode`).
+
+    Attributes:
+        z: ``[D]`` the mean latent of the reference frames: the code generation starts from.
+        frames: ``[T, D]`` the latent of every reference frame.
+        posterior: ``[C]`` the prior components' responsibilities for the reference.
+        component: the most responsible component (its scale and tails are used to sample).
+    """
+
+    z: Tensor
+    frames: Tensor
+    posterior: Tensor
+    component: int
+
+    @property
+    def emotion(self) -> str:
+        return EMOTIONS[self.component] if self.component < len(EMOTIONS) else str(self.component)
+
+
+class CoefficientFlow(LightningModule):
+    """Conditional normalizing flow over per-frame coefficients (ExpFlow / PoseFlow).
+
+    Arguments:
+        field: ``"exp"`` (ExpFlow) or ``"pose"`` (PoseFlow).
+        extra_exp_names: expression dims appended to the pose (PoseFlow's blink), by their
+            names in the dataset card's ``exp_names``; resolved when training starts.
+        exp_dim, pose_dim, mel_bins, mel_per_frame, num_emotions: filled from the dataset
+            card by the CLI.
+        prior: ``"student_t_mixture"``, ``"gaussian_mixture"`` or ``"gaussian"``.
+        neutral_emotion: the component intensity interpolates from (None: no intensity).
+        prev_frames: K previous frames in the context (the DataModule's ``prev_frames`` >= K).
+        audio_features, audio_hidden, recurrent, recurrent_hidden: audio code size, audio
+            encoder width, and the recurrent network.
+        flow_layers, coupling_hidden, coupling_blocks, linear: the per-frame flow.
+        data_dropout, data_dropout_mode: previous-frame dropout in training (see
+            :mod:`flowvq.nn.flows`).
+        intensity_levels: intensity levels in the data (MEAD: 3).
+        prior_init_spread: std of the random initial component locations.
+        lr, weight_decay: AdamW, cosine decay over ``max_epochs``.
+        init_from: a checkpoint whose network weights start this training (PoseFlow:
+            pretrained on LRS3, fine-tuned on MEAD).
+        emotion_classifier: an ``EmotionClassifier`` checkpoint scoring samples at validation.
+        val_samples: N samples per window at validation; ``val_sample_batches`` batches get
+            them; ``val_temperature`` their temperature; ``embedding_batches`` batches give
+            latents to the projector.
+    """
+
+    def __init__(
+        self,
+        field: Literal["exp", "pose"] = "exp",
+        extra_exp_names: list[str] | None = None,
+        exp_dim: int | None = None,
+        pose_dim: int | None = None,
+        mel_bins: int | None = None,
+        mel_per_frame: int | None = None,
+        num_emotions: int | None = None,
+        prior: Literal["student_t_mixture", "gaussian_mixture", "gaussian"] = "student_t_mixture",
+        neutral_emotion: str | None = "neutral",
+        prev_frames: int = 4,
+        audio_features: int = 64,
+        audio_hidden: int = 64,
+        recurrent: Literal["gru", "lstm"] = "gru",
+        recurrent_hidden: int = 128,
+        flow_layers: int = 4,
+        coupling_hidden: int = 128,
+        coupling_blocks: int = 2,
+        linear: Literal["lu", "permutation", "reverse"] = "lu",
+        data_dropout: float = 0.0,
+        data_dropout_mode: Literal["frame", "sequence"] = "frame",
+        intensity_levels: int = 3,
+        prior_init_spread: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        init_from: str | None = None,
+        emotion_classifier: str | None = None,
+        val_samples: int = 4,
+        val_sample_batches: int = 2,
+        val_temperature: float = 0.8,
+        embedding_batches: int = 8,
+    ) -> None:
+        super().__init__()
+        if field not in ("exp", "pose"):
+            raise ValueError(f"field must be 'exp' (ExpFlow) or 'pose' (PoseFlow), got {field!r}")
+        extra = list(extra_exp_names or [])
+        if field == "exp" and extra:
+            raise ValueError("extra_exp_names only applies to field='pose' (e.g. PoseFlow's blink)")
+        size = exp_dim if field == "exp" else pose_dim
+        if size is None or mel_bins is None:
+            raise ValueError(
+                f"CoefficientFlow(field={field!r}) needs {'exp_dim' if field == 'exp' else 'pose_dim'} and "
+                "mel_bins: the CLI fills them from the dataset card (data.init_args.root); in Python pass "
+                "them, e.g. **datamodule.dims"
+            )
+        self.save_hyperparameters()
+        self.num_emotions = num_emotions or len(EMOTIONS)
+        components = 1 if prior == "gaussian" else self.num_emotions
+        anchor = None if neutral_emotion is None or prior == "gaussian" else emotion_index(neutral_emotion)
+        self.features = size + len(extra)
+        self.net = CoefficientFlowNet(
+            self.features,
+            mel_bins,
+            num_components=components,
+            prior=prior,
+            anchor=anchor,
+            prev_frames=prev_frames,
+            audio_features=audio_features,
+            audio_hidden=audio_hidden,
+            recurrent=recurrent,
+            recurrent_hidden=recurrent_hidden,
+            flow_layers=flow_layers,
+            coupling_hidden=coupling_hidden,
+            coupling_blocks=coupling_blocks,
+            linear=linear,
+            data_dropout=data_dropout,
+            data_dropout_mode=data_dropout_mode,
+            intensity_levels=intensity_levels,
+            prior_init_spread=prior_init_spread,
+        )
+        # Filled from the dataset card in setup() and saved with the checkpoint, so a loaded
+        # model can pick its blink dims and un-normalise its samples without the dataset.
+        self.register_buffer("extra_index", torch.full((len(extra),), -1, dtype=torch.long))
+        self.register_buffer("coef_mean", torch.zeros(self.features))
+        self.register_buffer("coef_std", torch.ones(self.features))
+        self.register_buffer("jaw_index", torch.tensor(0))
+        self.val_diversity = SampleDiversity()
+        self.val_lipsync = LipSyncCorrelation()
+        self.val_lipsync_truth = LipSyncCorrelation()
+        self._classifier: Any = None
+        self._val_correct = 0
+        self._val_scored = 0
+        self._embeddings: list[tuple[Tensor, Tensor]] = []
+        self._trajectories: tuple[Tensor, Tensor, Tensor] | None = None
+
+    # -- data ------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        card = check_module_against_data(self)
+        if card is not None:
+            self.read_card(card)
+            datamodule = self.trainer.datamodule
+            have = getattr(datamodule, "prev_frames", None)
+            if have is not None and have < self.hparams.prev_frames:
+                raise ValueError(
+                    f"the model conditions on prev_frames={self.hparams.prev_frames} previous frames, the "
+                    f"DataModule gives {have}: set data.init_args.prev_frames >= {self.hparams.prev_frames}"
+                )
+        if stage == "fit" and self.hparams.init_from:
+            self._initialise_from(self.hparams.init_from)
+
+    def read_card(self, card: DatasetCard) -> None:
+        """Resolve the blink dims and keep the normalisation of the modelled dims (setup calls this;
+        call it yourself to use the model outside a Trainer)."""
+        extra = list(self.hparams.extra_exp_names or [])
+        if extra:
+            missing = [name for name in extra if name not in card.exp_names]
+            if missing:
+                raise DatasetError(
+                    f"extra_exp_names {missing} are not expression dims of the dataset {card.name!r} "
+                    f"(its exp_names: {card.exp_names or 'none recorded'}); remove them from the config"
+                )
+            self.extra_index.copy_(torch.tensor([card.exp_names.index(n) for n in extra]))
+        if "jaw_open" in card.exp_names:
+            self.jaw_index.fill_(card.exp_names.index("jaw_open"))
+        if card.stats is not None:
+            stats = card.stats
+            if self.hparams.field == "exp":
+                mean, std = stats.exp_mean, stats.exp_std
+            else:
+                index = self.extra_index.tolist()
+                mean = stats.pose_mean + [stats.exp_mean[i] for i in index]
+                std = stats.pose_std + [stats.exp_std[i] for i in index]
+            self.coef_mean.copy_(torch.tensor(mean))
+            self.coef_std.copy_(torch.tensor(std))
+
+    def _initialise_from(self, path: str) -> None:
+        """Start from another checkpoint's network weights (pretrain -> fine-tune)."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"init_from={path!r} does not exist: point it at the pretrained checkpoint")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        theirs = checkpoint.get("hyper_parameters", {})
+        for key in ("field", "prior", "prev_frames", "flow_layers", "coupling_hidden", "recurrent_hidden"):
+            if key in theirs and theirs[key] != self.hparams[key]:
+                raise ValueError(
+                    f"init_from={path!r} was trained with {key}={theirs[key]!r}, this model has "
+                    f"{key}={self.hparams[key]!r}: fine-tune with the pretraining's architecture"
+                )
+        weights = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        ours = self.net.state_dict()
+        wrong = {
+            k: (tuple(v.shape), tuple(ours[k].shape))
+            for k, v in weights.items()
+            if k in ours and v.shape != ours[k].shape
+        }
+        if wrong:
+            raise DatasetError(
+                f"init_from={path!r} has other sizes than this model ({len(wrong)} tensors, e.g. "
+                f"{next(iter(wrong.items()))}): it was trained on data with other dims"
+            )
+        self.net.load_state_dict(weights)
+
+    def select(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """The modelled coefficients of a batch: ``(x [B, W, D], prev [B, Kp, D])``."""
+        if self.hparams.field == "exp":
+            return batch["exp"], batch.get("prev_exp")
+        x, prev = batch["pose"], batch.get("prev_pose")
+        if len(self.extra_index):
+            if (self.extra_index < 0).any():
+                raise RuntimeError(
+                    "extra_exp_names were never resolved against a dataset card: train through a Trainer "
+                    "with a flowvq DataModule (its setup reads the card)"
+                )
+            x = torch.cat([x, batch["exp"][..., self.extra_index]], -1)
+            if prev is not None:
+                prev = torch.cat([prev, batch["prev_exp"][..., self.extra_index]], -1)
+        return x, prev
+
+    def _components(self, batch: dict[str, Any]) -> Tensor | None:
+        return None if self.hparams.prior == "gaussian" else batch["emotion"]
+
+    # -- training --------------------------------------------------------------------------
+
+    def nll(self, batch: dict[str, Any]) -> Tensor:
+        """Negative log-likelihood per valid frame and dimension (nats)."""
+        x, prev = self.select(batch)
+        lp = self.net.log_prob(
+            x, batch["mel"], self._components(batch), batch.get("intensity"), prev, batch.get("prev_mask")
+        )  # (B, W)
+        mask = batch.get("mask")
+        mask = torch.ones_like(lp, dtype=torch.bool) if mask is None else mask.bool()
+        return -(lp * mask).sum() / (mask.sum().clamp(min=1) * self.features)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if batch["mel"].shape[0] == 0:  # short_clips="skip" can empty a batch
+            return None
+        loss = self.nll(batch)
+        self.log("train/nll", loss, prog_bar=True, batch_size=batch["mel"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if batch["mel"].shape[0] == 0:
+            return
+        batch_size = batch["mel"].shape[0]
+        self.log("val/nll", self.nll(batch), prog_bar=True, batch_size=batch_size, sync_dist=True)
+        if batch_idx < self.hparams.embedding_batches:
+            self._collect_latents(batch)
+        if batch_idx < self.hparams.val_sample_batches:
+            self._score_samples(batch, first=batch_idx == 0)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if batch["mel"].shape[0] == 0:
+            return
+        self.log("test/nll", self.nll(batch), batch_size=batch["mel"].shape[0], sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        epochs = max(int(getattr(self.trainer, "max_epochs", None) or 1), 1) if self._trainer else 1
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=self.hparams.lr * 0.05)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+    # -- sampling, encoding, transfer ------------------------------------------------------
+
+    def _emotion(self, emotion: str | int | None) -> int:
+        if emotion is None:
+            return -1
+        index = emotion_index(emotion)
+        if index >= self.num_emotions:
+            raise ValueError(f"emotion {emotion!r} is index {index}, the model has {self.num_emotions} emotions")
+        return index
+
+    @torch.no_grad()
+    def sample(
+        self,
+        mel: Tensor,
+        emotion: str | int | None = None,
+        intensity: int | None = 2,
+        num_samples: int = 8,
+        temperature: float = 0.8,
+        seed: int | None = 0,
+        intensity_scale: float | None = None,
+        code: LatentCode | None = None,
+        prev: Tensor | None = None,
+        denormalize: bool = False,
+    ) -> Tensor:
+        """Sample coefficient sequences for the audio of a clip.
+
+        Arguments:
+            mel: ``[T, C, M]`` mel windows of a whole clip, normalised as the DataModule gives
+                them (its ``mel``), or ``[B, T, C, M]`` for several clips.
+            emotion: name (``"happy"``) or index; None draws one per sample from the mixture
+                (label-free). Ignored by a Gaussian prior (PoseFlow).
+            intensity: level 0..levels-1 (MEAD level_1..3); None: factor 1.
+            num_samples: N sequences per clip.
+            temperature: spread of the latent draws (0: the component location, deterministic).
+            seed: seeds the draws (None: the global generator).
+            intensity_scale: overrides the level with a factor along the neutral -> emotion
+                line (0 neutral, 1 the emotion's location, > 1 exaggerated).
+            code: a :class:`LatentCode` from :meth:`encode`: sample around it (emotion transfer;
+                ``emotion`` and intensity are then ignored).
+            prev: ``[K', D]`` frames before the clip (normalised) to continue from; default: a
+                clip start.
+            denormalize: return coefficients in the dataset's units instead of normalised ones.
+
+        Returns:
+            ``[N, T, D]`` (or ``[B, N, T, D]``), D = E for ExpFlow, P (+ blink) for PoseFlow.
+        """
+        single = mel.dim() == 3
+        mel = mel.unsqueeze(0) if single else mel
+        if mel.dim() != 4:
+            raise ValueError(f"mel must be [T, C, M] or [B, T, C, M], got {tuple(mel.shape)}")
+        b, t = mel.shape[:2]
+        rows = b * num_samples
+        mel = repeat(mel.to(self.device, torch.float32), "b t c m -> (b n) t c m", n=num_samples)
+        component = torch.full((rows,), self._emotion(emotion), dtype=torch.long, device=self.device)
+        level: Tensor | None = None
+        if intensity_scale is not None:
+            level = torch.full((rows,), float(intensity_scale), device=self.device)
+        elif intensity is not None:
+            if not 0 <= intensity < self.hparams.intensity_levels:
+                raise ValueError(
+                    f"intensity must be a level in 0..{self.hparams.intensity_levels - 1}, got {intensity}"
+                )
+            level = torch.full((rows,), int(intensity), dtype=torch.long, device=self.device)
+        loc = None
+        if code is not None:
+            loc = code.z.to(self.device).expand(rows, -1)
+            component = torch.full_like(component, code.component)
+            level = None
+        prev_mask = None
+        if prev is not None:
+            prev = repeat(prev.to(self.device, torch.float32), "k d -> r k d", r=rows)
+            prev_mask = torch.ones(prev.shape[:2], dtype=torch.bool, device=self.device)
+        if self.hparams.prior == "gaussian":
+            component, level = None, None
+        was_training = self.training
+        self.eval()
+        with _seeded(seed, self.device), torch.autocast(self.device.type, enabled=False):
+            x = self.net.sample(mel, component, level, temperature, loc=loc, prev=prev, prev_mask=prev_mask)
+        self.train(was_training)
+        if denormalize:
+            x = x * self.coef_std + self.coef_mean
+        x = rearrange(x, "(b n) t d -> b n t d", b=b)
+        return x[0] if single else x
+
+    @torch.no_grad()
+    def encode(self, reference: Tensor, mel: Tensor | None = None, emotion: str | int | None = None) -> LatentCode:
+        """Map reference coefficients through the bijection to a latent code.
+
+        Arguments:
+            reference: ``[T, D]`` normalised coefficients of a reference clip, or ``[D]`` for
+                one frame.
+            mel: ``[T, C, M]`` the reference's audio; None: mean audio features (zeros in
+                normalised units), which suits a silent reference frame.
+            emotion: the component to sample the code with; None: the most responsible one.
+        """
+        reference = reference.to(self.device, torch.float32)
+        if reference.dim() == 1:
+            reference = reference.unsqueeze(0)
+        if reference.dim() != 2 or reference.shape[-1] != self.features:
+            raise ValueError(
+                f"reference must be [T, {self.features}] or [{self.features}], got {tuple(reference.shape)}"
+            )
+        t = reference.shape[0]
+        if mel is None:
+            columns = self.hparams.mel_per_frame or 1
+            mel = torch.zeros(t, columns, self.hparams.mel_bins, device=self.device)
+        was_training = self.training
+        self.eval()
+        with torch.autocast(self.device.type, enabled=False):
+            z, _ = self.net(reference.unsqueeze(0), mel.to(self.device, torch.float32).unsqueeze(0))
+        self.train(was_training)
+        frames = z[0]  # (T, D)
+        posterior = self.net.prior.posterior(frames).mean(0)  # (C,)
+        component = int(posterior.argmax()) if emotion is None else self._emotion(emotion)
+        if self.hparams.prior == "gaussian":
+            component = 0
+        return LatentCode(frames.mean(0), frames, posterior, component)
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """Normalised coefficients to the dataset's units (statistics saved from its card)."""
+        return x * self.coef_std.to(x.device) + self.coef_mean.to(x.device)
+
+    # -- validation logging ----------------------------------------------------------------
+
+    def _collect_latents(self, batch: dict[str, Any]) -> None:
+        x, prev = self.select(batch)
+        with torch.autocast(self.device.type, enabled=False):
+            z, _ = self.net(x.float(), batch["mel"].float(), prev, batch.get("prev_mask"))
+        mask = batch["mask"].bool() if "mask" in batch else torch.ones(z.shape[:2], dtype=torch.bool)
+        m = mask.unsqueeze(-1).to(z.dtype)
+        per_window = (z * m).sum(1) / m.sum(1).clamp(min=1)  # (B, D)
+        self._embeddings.append((per_window.detach().cpu(), batch["emotion"].detach().cpu()))
+
+    def _score_samples(self, batch: dict[str, Any], first: bool) -> None:
+        x, prev = self.select(batch)
+        n = max(int(self.hparams.val_samples), 2)
+        b = x.shape[0]
+        component = self._components(batch)
+        mel = repeat(batch["mel"].float(), "b t c m -> (b n) t c m", n=n)
+        comp = None if component is None else component.repeat_interleave(n)
+        level = batch["intensity"].repeat_interleave(n) if comp is not None else None
+        prev_r = None if prev is None else prev.float().repeat_interleave(n, 0)
+        prev_mask = None if "prev_mask" not in batch else batch["prev_mask"].repeat_interleave(n, 0)
+        with torch.autocast(self.device.type, enabled=False):
+            samples = self.net.sample(
+                mel, comp, level, self.hparams.val_temperature, prev=prev_r, prev_mask=prev_mask
+            )  # (BN, T, D)
+        samples = rearrange(samples, "(b n) t d -> b n t d", b=b)
+        mask = batch["mask"].bool() if "mask" in batch else torch.ones(x.shape[:2], dtype=torch.bool)
+        self.val_diversity.update(samples, x.float(), mask)
+        if self.hparams.field == "exp":
+            jaw = int(self.jaw_index)
+            self.val_lipsync.update(samples[..., jaw], batch["energy"], mask)
+            self.val_lipsync_truth.update(x[..., jaw], batch["energy"], mask)
+            classifier = self._load_classifier()
+            if classifier is not None:
+                flat = rearrange(samples, "b n t d -> (b n) t d")
+                probs = classifier.predict_proba(flat, mask=mask.repeat_interleave(n, 0))
+                labels = batch["emotion"].repeat_interleave(n).to(probs.device)
+                known = labels >= 0
+                self._val_correct += int((probs.argmax(-1) == labels)[known].sum())
+                self._val_scored += int(known.sum())
+        if first:
+            keep = min(b, 4)
+            self._trajectories = (samples[:keep].cpu(), x[:keep].float().cpu(), batch["emotion"][:keep].cpu())
+
+    def _load_classifier(self) -> Any:
+        path = self.hparams.emotion_classifier
+        if not path:
+            return None
+        if self._classifier is None:
+            from flowvq.lightning_modules.emotion_classifier import EmotionClassifier
+
+            if not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"emotion_classifier={path!r} does not exist: train one with "
+                    "`flowvq fit --config configs/tiny/emotion_classifier.yaml` or set it to null"
+                )
+            classifier = EmotionClassifier.load_from_checkpoint(path, map_location=self.device)
+            if classifier.hparams.exp_dim != self.features:
+                raise DatasetError(
+                    f"emotion_classifier={path!r} scores E={classifier.hparams.exp_dim}, this ExpFlow makes "
+                    f"E={self.features}: use a classifier trained on the same dataset"
+                )
+            classifier.eval().requires_grad_(False)
+            # kept out of the module tree: not saved in this model's checkpoints
+            object.__setattr__(self, "_classifier", classifier)
+        return self._classifier
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_diversity.frames > 0 or self.trainer.world_size > 1:
+            scores = self.val_diversity.compute()
+            self.log_dict({f"val/{k}": v for k, v in scores.items()}, sync_dist=False)
+            if self.hparams.field == "exp":
+                self.log("val/lipsync_samples", self.val_lipsync.compute())
+                self.log("val/lipsync_truth", self.val_lipsync_truth.compute())
+        self.val_diversity.reset()
+        self.val_lipsync.reset()
+        self.val_lipsync_truth.reset()
+        if self._val_scored:
+            self.log("val/emotion_accuracy_samples", self._val_correct / self._val_scored)
+        self._val_correct = self._val_scored = 0
+        writer = tensorboard(self)
+        if writer is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            if self._trajectories is not None:
+                writer.add_figure("val/trajectories", self._trajectory_figure(*self._trajectories), self.global_step)
+            if self._embeddings:
+                z = torch.cat([e[0] for e in self._embeddings]).float()
+                labels = torch.cat([e[1] for e in self._embeddings]).tolist()
+                names = [EMOTIONS[i] if 0 <= i < len(EMOTIONS) else "unknown" for i in labels]
+                if len(z) >= 2:
+                    writer.add_embedding(z, metadata=names, global_step=self.global_step, tag="val/latents")
+        self._trajectories = None
+        self._embeddings = []
+
+    def _trajectory_figure(self, samples: Tensor, truth: Tensor, emotion: Tensor) -> Any:
+        """Sampled trajectories (thin) against the ground truth (black), a few dims per clip."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        dims = [int(self.jaw_index)] if self.hparams.field == "exp" else [0]
+        dims += [d for d in range(self.features) if d not in dims][:2]
+        clips = samples.shape[0]
+        figure, axes = plt.subplots(clips, len(dims), figsize=(3.2 * len(dims), 2.0 * clips), squeeze=False)
+        names = self._dim_names()
+        for i in range(clips):
+            for j, d in enumerate(dims):
+                axis = axes[i][j]
+                for s in samples[i, :, :, d].numpy():
+                    axis.plot(s, lw=0.8, alpha=0.7)
+                axis.plot(truth[i, :, d].numpy(), color="black", lw=1.6, label="ground truth")
+                label = int(emotion[i])
+                axis.set_title(f"{EMOTIONS[label] if label >= 0 else 'unknown'}: {names[d]}", fontsize=8)
+                axis.tick_params(labelsize=6)
+        figure.tight_layout()
+        return figure
+
+    def _dim_names(self) -> list[str]:
+        card = getattr(getattr(self._trainer, "datamodule", None), "card", None) if self._trainer else None
+        if card is not None:
+            base = card.exp_names if self.hparams.field == "exp" else card.pose_names
+            names = list(base) + list(self.hparams.extra_exp_names or [])
+            if len(names) == self.features:
+                return names
+        return [f"{self.hparams.field}[{d}]" for d in range(self.features)]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    """Run with the global generators seeded, restoring their state afterwards."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,334 @@
+"""ExpFlow / PoseFlow LightningModule: fits, sampling, seeds, intensity, transfer, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from flowvq.data.card import AudioFeatures, DatasetCard, DatasetError, Stats
+from flowvq.lightning_modules.coefficient_flow import CoefficientFlow
+
+E, P, M, KP, C = 5, 3, 8, 4, 10  # exp dims, pose dims, mel bins, previous frames, mel columns
+EXP_NAMES = ["jaw_open", "smile", "blink", "frown", "brow_raise"]
+EMOTION_DIMS = [1, 3, 4]  # the dims emotions move (not the jaw, not the blink)
+SMALL = dict(
+    exp_dim=E,
+    pose_dim=P,
+    mel_bins=M,
+    mel_per_frame=2,
+    num_emotions=8,
+    prev_frames=2,
+    audio_features=16,
+    audio_hidden=16,
+    recurrent_hidden=32,
+    flow_layers=3,
+    coupling_hidden=32,
+    coupling_blocks=1,
+    lr=3e-3,
+    val_samples=3,
+    embedding_batches=2,
+)
+EXPFLOW = dict(SMALL, field="exp", prior="student_t_mixture", data_dropout=0.2)
+POSEFLOW = dict(SMALL, field="pose", prior="gaussian", extra_exp_names=["blink"])
+
+
+def _templates() -> torch.Tensor:
+    """Per-emotion expression offsets (neutral: none), strong enough to tell emotions apart."""
+    g = torch.Generator().manual_seed(0)
+    templates = 1.5 * torch.randn(8, E, generator=g)
+    templates[0] = 0
+    templates[:, [0, 2]] = 0  # the jaw follows the audio only; blinks are emotion-free
+    return templates
+
+
+def structured_batch(
+    b: int = 16, w: int = 16, seed: int = 0, emotion: torch.Tensor | None = None, intensity: int | None = None
+) -> dict:
+    """A batch in the CoefficientDataModule format where the jaw follows the audio energy and
+    every emotion adds its template (scaled by intensity) to the expression."""
+    g = torch.Generator().manual_seed(seed)
+    n = w + KP
+    emotion = torch.randint(0, 8, (b,), generator=g) if emotion is None else emotion
+    intensity = torch.randint(0, 3, (b,), generator=g) if intensity is None else torch.full((b,), intensity)
+    energy = torch.sigmoid(3 * torch.cumsum(0.5 * torch.randn(b, n, generator=g), 1).sin())  # (B, N)
+    mel = 2 * energy[..., None, None] - 1 + 0.1 * torch.randn(b, n, C, M, generator=g)
+    scale = (intensity.float() + 1) / 3
+    exp = _templates()[emotion][:, None] * scale[:, None, None] + 0.3 * torch.randn(b, n, E, generator=g)
+    exp[..., 0] = 2 * energy - 1 + 0.1 * torch.randn(b, n, generator=g)
+    exp[..., 2] = (torch.rand(b, n, generator=g) < 0.1).float() * 2 - 0.2  # blinks
+    pose = torch.cumsum(0.1 * torch.randn(b, n, P, generator=g), 1)
+    return {
+        "exp": exp[:, KP:],
+        "pose": pose[:, KP:],
+        "mel": mel[:, KP:],
+        "energy": energy[:, KP:],
+        "prev_exp": exp[:, :KP],
+        "prev_pose": pose[:, :KP],
+        "prev_mask": torch.ones(b, KP, dtype=torch.bool),
+        "mask": torch.ones(b, w, dtype=torch.bool),
+        "emotion": emotion,
+        "intensity": intensity,
+        "start": torch.full((b,), KP),
+        "clip_id": [f"clip{i}" for i in range(b)],
+    }
+
+
+def _card(exp_dim: int = E) -> DatasetCard:
+    return DatasetCard(
+        name="structured",
+        exp_dim=exp_dim,
+        pose_dim=P,
+        coefficient_source="synthetic",
+        audio=AudioFeatures(n_mels=M, mel_per_frame=2),
+        exp_names=EXP_NAMES[:exp_dim] if exp_dim <= len(EXP_NAMES) else [],
+        stats=Stats([0.5] * exp_dim, [2.0] * exp_dim, [0.0] * P, [1.0] * P, [0.0] * M, [1.0] * M),
+    )
+
+
+class BatchData(LightningDataModule):
+    """A DataModule that serves fixed batches and carries a dataset card."""
+
+    def __init__(self, batches: list[dict], card: DatasetCard | None = None, prev_frames: int = KP) -> None:
+        super().__init__()
+        self.batches = batches
+        self.card = card or _card()
+        self.prev_frames = prev_frames
+        self.root = "structured"
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(self.batches, batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+
+def _trainer(tmp_path: Path, steps: int, logger: bool = False) -> Trainer:
+    return Trainer(
+        max_epochs=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=TensorBoardLogger(tmp_path, name="flow") if logger else False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=steps,
+        default_root_dir=tmp_path,
+    )
+
+
+def _fit(options: dict, tmp_path: Path, steps: int = 25, logger: bool = False) -> tuple[CoefficientFlow, float, float]:
+    torch.manual_seed(0)
+    model = CoefficientFlow(**options)
+    batch = structured_batch()
+    data = BatchData([batch])
+    model.read_card(data.card)
+    before = model.nll(batch).item()
+    _trainer(tmp_path, steps, logger).fit(model, datamodule=data)
+    return model, before, model.eval().nll(batch).item()
+
+
+# -- one-batch fits ----------------------------------------------------------------------------
+
+
+def test_expflow_fits_one_batch_and_logs_to_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, before, after = _fit(EXPFLOW, tmp_path, logger=True)
+    assert after < before - 0.3, (before, after)
+    run = next((tmp_path / "flow").glob("version_*"))
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("val/nll", "val/diversity", "val/gt_spread", "val/lipsync_samples", "val/lipsync_truth"):
+        assert tag in scalars, (tag, scalars)
+    assert "val/trajectories" in events.Tags()["images"]
+    assert (run / "projector_config.pbtxt").is_file()  # latents per emotion
+    diversity = events.Scalars("val/diversity")[-1].value
+    assert diversity > 0.01  # samples for the same audio and label differ
+    # the jaw of the data follows the energy (how well samples do is measured in benchmarks/)
+    assert events.Scalars("val/lipsync_truth")[-1].value > 0.9
+    assert -1 <= events.Scalars("val/lipsync_samples")[-1].value <= 1
+
+
+def test_poseflow_fits_one_batch_with_blink(tmp_path):
+    model, before, after = _fit(POSEFLOW, tmp_path)
+    assert after < before - 0.3, (before, after)
+    assert model.features == P + 1
+    assert model.extra_index.tolist() == [EXP_NAMES.index("blink")]
+    x, prev = model.select(structured_batch())
+    torch.testing.assert_close(x[..., P], structured_batch()["exp"][..., 2])
+    assert prev.shape == (16, KP, P + 1)
+    # the card's statistics of the modelled dims are kept for un-normalising
+    torch.testing.assert_close(model.coef_std, torch.tensor([1.0, 1.0, 1.0, 2.0]))  # pose, then blink
+
+
+# -- sampling ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def expflow() -> CoefficientFlow:
+    torch.manual_seed(0)
+    model = CoefficientFlow(**EXPFLOW).eval()
+    with torch.no_grad():  # distinct component locations, as after training
+        model.net.prior.loc.normal_(0, 1.5)
+    return model
+
+
+def test_sample_shapes(expflow):
+    mel = structured_batch(b=2, w=12)["mel"]
+    assert expflow.sample(mel[0], emotion="happy", intensity=2, num_samples=8, temperature=0.8).shape == (8, 12, E)
+    assert expflow.sample(mel, emotion=3, num_samples=5).shape == (2, 5, 12, E)
+    assert expflow.sample(mel[0], emotion=None, num_samples=3).shape == (3, 12, E)
+    assert expflow.sample(mel[0], num_samples=2, prev=torch.randn(KP, E)).shape == (2, 12, E)
+
+
+def test_seeds_and_temperature(expflow):
+    mel = structured_batch(b=1, w=10)["mel"][0]
+    a = expflow.sample(mel, "angry", seed=1)
+    torch.testing.assert_close(a, expflow.sample(mel, "angry", seed=1))
+    assert not torch.allclose(a, expflow.sample(mel, "angry", seed=2))
+    assert a.std(0).mean() > 0.01  # samples of one call differ from one another
+    cold = expflow.sample(mel, "angry", temperature=0.0, seed=1)
+    torch.testing.assert_close(cold, expflow.sample(mel, "angry", temperature=0.0, seed=7))
+    torch.testing.assert_close(cold[0], cold[-1])  # temperature 0: one deterministic sequence
+    hot = expflow.sample(mel, "angry", temperature=1.0, seed=3)
+    warm = expflow.sample(mel, "angry", temperature=0.3, seed=3)
+    assert hot.std(0).mean() > warm.std(0).mean()
+
+
+def test_unknown_emotion_lists_the_valid_ones(expflow):
+    mel = structured_batch(b=1, w=4)["mel"][0]
+    with pytest.raises(ValueError, match="neutral, angry, contempt"):
+        expflow.sample(mel, emotion="bored")
+    with pytest.raises(ValueError, match="intensity"):
+        expflow.sample(mel, emotion="happy", intensity=5)
+
+
+def test_higher_intensity_moves_samples_further_from_neutral(expflow):
+    mel = structured_batch(b=1, w=16)["mel"][0]
+    neutral = expflow.sample(mel, "neutral", num_samples=16, seed=0)
+    distances = []
+    for level in range(3):
+        x = expflow.sample(mel, "surprised", intensity=level, num_samples=16, seed=0)
+        distances.append((x - neutral).norm(dim=-1).mean().item())
+    assert distances[0] < distances[1] < distances[2], distances
+    exaggerated = expflow.sample(mel, "surprised", intensity_scale=2.0, num_samples=16, seed=0)
+    assert (exaggerated - neutral).norm(dim=-1).mean().item() > distances[2]
+    zero = expflow.sample(mel, "surprised", intensity_scale=0.0, num_samples=16, seed=0)
+    torch.testing.assert_close(zero, neutral)
+
+
+def test_denormalize_uses_the_card_statistics(expflow):
+    mel = structured_batch(b=1, w=4)["mel"][0]
+    with torch.no_grad():
+        expflow.coef_mean.fill_(3.0)
+        expflow.coef_std.fill_(2.0)
+    try:
+        raw = expflow.sample(mel, "happy", seed=0, denormalize=True)
+        torch.testing.assert_close(raw, expflow.sample(mel, "happy", seed=0) * 2 + 3)
+    finally:
+        with torch.no_grad():
+            expflow.coef_mean.zero_()
+            expflow.coef_std.fill_(1.0)
+
+
+# -- emotion transfer ----------------------------------------------------------------------------
+
+
+def _nearest_template(x: torch.Tensor) -> torch.Tensor:
+    """Emotion of each sequence ``[..., T, E]`` by its nearest template (the jaw left out)."""
+    centroids = _templates()[:, EMOTION_DIMS]  # intensity level 2 scales templates by 1
+    mean = x[..., EMOTION_DIMS].mean(-2)  # (..., 3)
+    return torch.cdist(mean.reshape(-1, len(EMOTION_DIMS)), centroids).argmin(-1).reshape(mean.shape[:-1])
+
+
+def test_emotion_transfer_reproduces_the_reference_emotion():
+    """Samples generated from a reference clip's latent code show the reference's emotion far
+    more often than label-free samples do (scored by the nearest emotion template)."""
+    torch.manual_seed(0)
+    # whole-window dropout makes the prior, not the history, carry the emotion
+    model = CoefficientFlow(**dict(EXPFLOW, data_dropout=0.5, data_dropout_mode="sequence", lr=1e-2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(100):
+        loss = model.nll(structured_batch(b=32, w=12, seed=100 + step))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    emotions = torch.arange(1, 8)
+    reference = structured_batch(b=7, w=24, seed=999, emotion=emotions, intensity=2)
+    assert (_nearest_template(reference["exp"]) == emotions).all()  # the references are clear
+    transferred, free = [], []
+    for i in range(len(emotions)):
+        code = model.encode(reference["exp"][i], reference["mel"][i])
+        transferred.append(model.sample(reference["mel"][i], code=code, num_samples=8, seed=i))
+        free.append(model.sample(reference["mel"][i], emotion=None, num_samples=8, seed=i))
+    labels = emotions[:, None].expand(-1, 8)
+    transfer_accuracy = (_nearest_template(torch.stack(transferred)) == labels).float().mean().item()
+    free_accuracy = (_nearest_template(torch.stack(free)) == labels).float().mean().item()
+    assert transfer_accuracy > free_accuracy + 0.3, (transfer_accuracy, free_accuracy)
+    # the code of a single reference frame works too
+    code = model.encode(reference["exp"][0, 5])
+    assert code.z.shape == (E,) and code.frames.shape == (1, E)
+    torch.testing.assert_close(code.posterior.sum(), torch.tensor(1.0))
+
+
+# -- checkpoints and dimensions ------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_gives_identical_samples(tmp_path):
+    model, _, _ = _fit(EXPFLOW, tmp_path, steps=2)
+    trainer = _trainer(tmp_path, 1)
+    trainer.strategy.connect(model)
+    path = tmp_path / "expflow.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = CoefficientFlow.load_from_checkpoint(path).eval()
+    mel = structured_batch(b=1, w=8)["mel"][0]
+    torch.testing.assert_close(loaded.sample(mel, "sad", seed=4), model.sample(mel, "sad", seed=4))
+    torch.testing.assert_close(loaded.coef_std, model.coef_std)
+
+
+def test_dims_mismatch_fails_with_a_clear_message(tmp_path):
+    model = CoefficientFlow(**dict(EXPFLOW, exp_dim=8))
+    with pytest.raises(DatasetError, match="exp_dim=8 but the dataset has 5"):
+        _trainer(tmp_path, 1).fit(model, datamodule=BatchData([structured_batch()]))
+
+
+def test_too_few_previous_frames_in_the_data(tmp_path):
+    model = CoefficientFlow(**dict(EXPFLOW, prev_frames=6))
+    with pytest.raises(ValueError, match="prev_frames >= 6"):
+        _trainer(tmp_path, 1).fit(model, datamodule=BatchData([structured_batch()], prev_frames=KP))
+
+
+def test_missing_blink_dim_is_named(tmp_path):
+    model = CoefficientFlow(**dict(POSEFLOW, extra_exp_names=["eye_blink"]))
+    with pytest.raises(DatasetError, match="eye_blink"):
+        _trainer(tmp_path, 1).fit(model, datamodule=BatchData([structured_batch()]))
+
+
+def test_missing_sizes_say_where_they_come_from():
+    with pytest.raises(ValueError, match="dataset card"):
+        CoefficientFlow(field="exp", mel_bins=M)
+
+
+def test_poseflow_pretrain_then_finetune(tmp_path):
+    pretrained, _, _ = _fit(POSEFLOW, tmp_path / "pre", steps=3)
+    path = tmp_path / "pre.ckpt"
+    trainer = _trainer(tmp_path, 1)
+    trainer.strategy.connect(pretrained)
+    trainer.save_checkpoint(path)
+    finetuned = CoefficientFlow(**dict(POSEFLOW, init_from=str(path), lr=1e-12))
+    _trainer(tmp_path / "fine", 1).fit(finetuned, datamodule=BatchData([structured_batch(seed=1)]))
+    for (name, a), b in zip(pretrained.net.state_dict().items(), finetuned.net.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    wrong = CoefficientFlow(**dict(POSEFLOW, init_from=str(path), flow_layers=2))
+    with pytest.raises(ValueError, match="flow_layers"):
+        _trainer(tmp_path / "wrong", 1).fit(wrong, datamodule=BatchData([structured_batch()]))
