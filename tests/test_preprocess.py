@@ -156,7 +156,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
     for emotion, seconds in (("sad", 1.1), ("fear", 1.1), ("disgusted", 0.3)):  # disgusted: audio far too short
         write_audio(audio / emotion / "level_1" / "001.m4a", speech_like(seconds))
     out = tmp_path / "data"
-    card = preprocess_mead(root, out, val_speakers=[], exp_dim=4, size=96, frames=False, progress=False)
+    card = preprocess_mead(root, out, val_speakers=[], exp_dim=4, size=96, frames=False, workers=2, progress=False)
     assert card.splits == {"train": 2, "test": 1} and card.frame_size == 0
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     reasons = {f["clip_id"]: f["reason"] for f in failures}
