@@ -24,6 +24,13 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 COMMANDS: dict[str, str | dict[str, str]] = {
     "synth": "flowvq.data.synth:synth",
     "demo": "flowvq.pipeline.demo:demo",
+    "preprocess": {
+        "mead": "flowvq.data.preprocess.commands:preprocess_mead",
+        "lrs3": "flowvq.data.preprocess.commands:preprocess_lrs3",
+        "hdtf": "flowvq.data.preprocess.commands:preprocess_hdtf",
+        "folder": "flowvq.data.preprocess.commands:preprocess_folder",
+    },
+    "import": {"deep3d": "flowvq.data.deep3d:import_deep3d"},
 }
 
 #: Model constructor arguments that the CLI fills from the dataset card (unless set).
