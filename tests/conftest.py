@@ -143,3 +143,13 @@ def make_random_dataset(tmp_path_factory: pytest.TempPathFactory) -> Callable[..
 def random_dataset(make_random_dataset: Callable[..., Path]) -> Path:
     """Root of a small random dataset: 5 speakers, 12/4/4 clips, E=16, P=6, 64 px JPEG frames."""
     return make_random_dataset("random_dataset")
+
+
+@pytest.fixture(scope="session")
+def synth_tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of SynthTalk ``tiny`` (seed 0), written once per session."""
+    from flowvq.data.synth import synth
+
+    root = tmp_path_factory.mktemp("synth_tiny")
+    synth(root, preset="tiny", seed=0)
+    return root
