@@ -359,8 +359,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
             "step_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
             "load_average": os.getloadavg(),
-            "command": "python benchmarks/datamodule_throughput.py "
-            + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": " ".join(
+                ["python benchmarks/datamodule_throughput.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
             "loaders": loaders,
             "steps": steps,
             "comparison": comparison,
