@@ -199,6 +199,23 @@ def test_frame_pairs_match_records(random_dataset: Path, records: dict[str, dict
                 )
 
 
+def test_fixed_eval_pairs_and_frames(random_dataset: Path) -> None:
+    pairs = FramePairDataModule(random_dataset, batch_size=4, pairs_per_clip=2, image_size=32)
+
+    def chosen(loader, keys):
+        return [tuple(zip(batch["clip_id"], *(batch[k].tolist() for k in keys))) for batch in loader]
+
+    val = pairs.val_dataloader()
+    assert chosen(val, ["source_frame", "target_frame"]) == chosen(val, ["source_frame", "target_frame"])
+    train = pairs.train_dataloader()
+    assert chosen(train, ["source_frame", "target_frame"]) != chosen(train, ["source_frame", "target_frame"])
+    frames = FrameDataModule(random_dataset, batch_size=8, frames_per_clip=4, flip=True)
+    val = frames.val_dataloader()
+    first = chosen(val, ["frame", "flipped"])
+    assert first == chosen(val, ["frame", "flipped"])
+    assert not any(flipped for batch in first for *_, flipped in batch)  # no augmentation outside training
+
+
 def test_frames_match_records_and_flip(random_dataset: Path, records: dict[str, dict]) -> None:
     dm = FrameDataModule(random_dataset, batch_size=8, frames_per_clip=4, flip=True)
     flips = 0
