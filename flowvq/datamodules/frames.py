@@ -129,8 +129,9 @@ class _FrameModule(ClipDataModule):
             raise ValueError(
                 f"{type(self).__name__} needs face frames, but the dataset at {str(self.root)!r} "
                 f"({self.card.name!r}) was written without them (frame_size = 0 in its dataset.json). "
-                "Re-create it with frames (e.g. `flowvq synth` or `flowvq preprocess` without --no-frames), "
-                "or use CoefficientDataModule for coefficient-only models"
+                f"Re-create it with frames: `flowvq synth --out {self.root} --overwrite` or the "
+                "`flowvq preprocess ...` command that made it, without `--frames false` (frames are on by "
+                "default); or use CoefficientDataModule for coefficient-only models"
             )
 
     def _reader_args(self, split: str) -> dict[str, Any]:
