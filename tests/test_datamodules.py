@@ -18,7 +18,7 @@ from flowvq.data.card import DatasetCard, DatasetError
 from flowvq.data.schema import RecordError, unpack_frame
 from flowvq.data.shards import open_split
 from flowvq.datamodules import CoefficientDataModule, FrameDataModule, FramePairDataModule
-from flowvq.datamodules.base import IBUG_MIRROR, SILENCE_LOG_MEL, flip_landmarks
+from flowvq.datamodules.base import IBUG_MIRROR, SILENCE_LOG_MEL, Normalizer, collate_samples, flip_landmarks
 
 SPLITS = ("train", "val", "test")
 
@@ -376,3 +376,21 @@ def test_bad_settings() -> None:
         CoefficientDataModule("unused", batch_size=3, windows_per_clip=2).check()
     with pytest.raises(ValueError, match="short_clips"):
         CoefficientDataModule("unused", short_clips="drop")
+
+
+def test_collate_leaves_out_skipped_samples() -> None:
+    def sample(clip: str, keep: bool) -> dict:
+        return {"exp": np.full((4, 2), float(keep), np.float32), "emotion": 1, "clip_id": clip, "_keep": keep}
+
+    batch = collate_samples([[sample("a", True), sample("a", False)], [sample("b", False)]])
+    assert batch["clip_id"] == ["a"] and tuple(batch["exp"].shape) == (1, 4, 2) and (batch["exp"] == 1).all()
+    assert "_keep" not in batch
+    empty = collate_samples([[sample("a", False)]])  # every clip skipped: an empty batch of the same layout
+    assert tuple(empty["exp"].shape) == (0, 4, 2) and tuple(empty["emotion"].shape) == (0,) and empty["clip_id"] == []
+
+
+def test_card_without_stats_is_refused(random_dataset: Path) -> None:
+    card = DatasetCard.load(random_dataset)
+    card.stats = None
+    with pytest.raises(DatasetError, match="no train statistics.*re-create"):
+        Normalizer.from_card(card, random_dataset)
