@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -142,6 +146,35 @@ def test_killed_and_sharded_runs_equal_an_uninterrupted_one(mead, tmp_path):
         for field in ("exp", "pose", "landmarks", "mel", "audio", "frame_offsets"):
             np.testing.assert_array_equal(record[field], reference[field], err_msg=f"{clip_id} {field}")
         assert record["frames"] == reference["frames"]
+
+
+@pytest.mark.slow  # a fresh interpreter's imports; the fast version is the test above
+def test_a_run_killed_with_sigkill_resumes(mead, tmp_path):
+    """A real kill: the extraction process dies mid-run (SIGKILL, no cleanup); the re-run finishes it."""
+    out = tmp_path / "data"
+    arguments = dict(val_speakers=["W010"], exp_dim=EXP_DIM, size=SIZE, crop_smoothing=None, progress=False)
+    script = (
+        "import sys; from pathlib import Path; from flowvq.data.preprocess import preprocess_mead; "
+        f"preprocess_mead(Path(sys.argv[1]), Path(sys.argv[2]), **{arguments!r})"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(mead.root), str(out)], stderr=subprocess.DEVNULL)
+    clips = out / "cache" / "clips"
+    deadline = time.monotonic() + 120
+    while not list(clips.glob("*.npz")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(list(clips.glob("*.npz")))
+    assert 1 <= done < len(mead.truth), f"the kill should land mid-run ({done} of {len(mead.truth)} clips done)"
+    assert not (out / "dataset.json").exists()
+    card = preprocess_mead(mead.root, out, **arguments)
+    assert card.stats == mead.card.stats
+    resumed = records(out)
+    assert set(resumed) == set(mead.records)
+    for clip_id, record in resumed.items():
+        np.testing.assert_array_equal(record["exp"], mead.records[clip_id]["exp"], err_msg=clip_id)
+        np.testing.assert_array_equal(record["pose"], mead.records[clip_id]["pose"], err_msg=clip_id)
+        assert record["frames"] == mead.records[clip_id]["frames"]
 
 
 def test_failures_are_recorded_and_the_run_goes_on(tmp_path):

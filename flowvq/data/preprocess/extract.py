@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,9 @@ class ExtractConfig:
         max_audio_shortfall: audio shorter than the video by more than this fraction is rejected.
         jpeg_quality: JPEG quality of the crops.
         audio: log-mel settings.
+        frame_memory_mb: a clip's decoded frames are kept from the landmark pass for the
+            crops when they fit in this many MiB; longer clips are decoded twice. It does
+            not change the results, so it is not part of the recorded settings.
     """
 
     fps: float = 25.0
@@ -84,9 +88,13 @@ class ExtractConfig:
     max_audio_shortfall: float = 0.1
     jpeg_quality: int = 90
     audio: AudioFeatures = field(default_factory=AudioFeatures)
+    frame_memory_mb: float = 1024.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings that determine the results (recorded in the cache and the card)."""
+        settings = asdict(self)
+        del settings["frame_memory_mb"]
+        return settings
 
 
 def cache_paths(cache: str | Path, clip_id: str) -> tuple[Path, Path]:
@@ -190,9 +198,24 @@ def extract_clip(spec: ClipSpec, config: ExtractConfig, coefficients: dict[str, 
         ClipError: with ``kind`` one of ``unreadable``, ``too_short``, ``no_face``,
             ``short_audio``, ``length_mismatch``.
     """
+    kept: list[np.ndarray] | None = [] if config.frames else None
+
+    def decoded() -> Iterator[np.ndarray]:
+        """The frames, kept for the crops while they fit in the memory budget."""
+        nonlocal kept
+        budget, used = config.frame_memory_mb * 2**20, 0
+        for frame in iter_frames(spec.video.open(), config.fps):
+            if kept is not None:
+                used += frame.nbytes
+                if used <= budget:
+                    kept.append(frame)
+                else:
+                    kept = None  # too long: decode again for the crops
+            yield frame
+
     try:
         with FaceTracker(refine_landmarks=config.refine_landmarks) as tracker:
-            raw = tracker.track(iter_frames(spec.video.open(), config.fps))  # (T, N, 3) frame pixels
+            raw = tracker.track(decoded())  # (T, N, 3) frame pixels
     except MediaError as error:
         raise ClipError("unreadable", str(error)) from error
     except ValueError as error:  # np.stack of no frames
@@ -236,8 +259,9 @@ def extract_clip(spec: ClipSpec, config: ExtractConfig, coefficients: dict[str, 
     blob, offsets = b"", np.zeros(0, dtype=np.int64)
     if config.frames:
         jpegs = []
+        frames = kept if kept is not None else iter_frames(spec.video.open(), config.fps)
         try:
-            for index, frame in enumerate(iter_frames(spec.video.open(), config.fps)):
+            for index, frame in enumerate(frames):
                 if index >= count:
                     break
                 jpegs.append(_encode_jpeg(warp_crop(frame, crop[index], config.size), config.jpeg_quality))
