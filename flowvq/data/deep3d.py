@@ -41,9 +41,7 @@ class CoefficientFileError(ValueError):
 def pose_from_deep3d(angle: np.ndarray, trans: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
     """Deep3D angle ``[T, 3]`` (pitch, yaw, roll), trans ``[T, 3]``, crop scale ``[T]`` -> pose ``[T, 6]``."""
     scale = np.ones(len(angle)) if scale is None else np.asarray(scale, dtype=np.float64).reshape(-1)
-    return np.stack([angle[:, 1], angle[:, 0], angle[:, 2], trans[:, 0], trans[:, 1], scale], axis=1).astype(
-        np.float32
-    )
+    return np.stack([angle[:, 1], angle[:, 0], angle[:, 2], trans[:, 0], trans[:, 1], scale], axis=1).astype(np.float32)
 
 
 def load_coefficients(path: str | Path) -> dict[str, np.ndarray]:
@@ -72,13 +70,19 @@ def load_coefficients(path: str | Path) -> dict[str, np.ndarray]:
                     f"{str(path)!r}: 'transform_params' has shape {params.shape}, expected [{len(coeff)}, 5]"
                 )
             scale = params[:, 2]
-        return {"exp": coeff[:, EXP].astype(np.float32), "pose": pose_from_deep3d(coeff[:, ANGLE], coeff[:, TRANS], scale)}
+        return {
+            "exp": coeff[:, EXP].astype(np.float32),
+            "pose": pose_from_deep3d(coeff[:, ANGLE], coeff[:, TRANS], scale),
+        }
     if "coeff_3dmm" in data:
         coeff = np.atleast_2d(np.asarray(data["coeff_3dmm"], dtype=np.float64))
         if coeff.shape[1] not in (70, 73):
             raise CoefficientFileError(f"{str(path)!r}: 'coeff_3dmm' has shape {coeff.shape}, expected [T, 73] (or 70)")
         scale = coeff[:, 70] if coeff.shape[1] == 73 else None
-        return {"exp": coeff[:, :64].astype(np.float32), "pose": pose_from_deep3d(coeff[:, 64:67], coeff[:, 67:70], scale)}
+        return {
+            "exp": coeff[:, :64].astype(np.float32),
+            "pose": pose_from_deep3d(coeff[:, 64:67], coeff[:, 67:70], scale),
+        }
     raise CoefficientFileError(
         f"{str(path)!r} has keys {keys}: expected 'coeff' [T, 257] (+ 'transform_params', PIRenderer) "
         "or 'coeff_3dmm' [T, 73] (SadTalker)"
@@ -184,7 +188,9 @@ def import_deep3d(
 
         for spec in unmatched:
             if not cache_paths(Path(cache or out / "cache"), spec.clip_id)[1].is_file():
-                write_failure(cache or out / "cache", spec, "missing_coefficients", f"no .mat for {spec.video} under {coeffs}")
+                write_failure(
+                    cache or out / "cache", spec, "missing_coefficients", f"no .mat for {spec.video} under {coeffs}"
+                )
     return run_preprocess(
         [s for s in specs if s.clip_id in matched],
         out,

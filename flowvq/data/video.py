@@ -68,7 +68,9 @@ def _open(source: Source) -> av.container.InputContainer:
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
-        raise MediaError(f"{str(path)!r} is not a readable media file ({error}); re-download or re-encode it") from error
+        raise MediaError(
+            f"{str(path)!r} is not a readable media file ({error}); re-download or re-encode it"
+        ) from error
 
 
 def _video_stream(container: av.container.InputContainer, path: Source) -> av.video.stream.VideoStream:

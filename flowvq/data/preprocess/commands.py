@@ -27,7 +27,14 @@ from flowvq.data.preprocess.layouts import (
 from flowvq.data.preprocess.merge import merge_cache
 from flowvq.data.preprocess.runner import RunSummary, run_extraction
 
-__all__ = ["extract_config", "preprocess_folder", "preprocess_hdtf", "preprocess_lrs3", "preprocess_mead", "run_preprocess"]
+__all__ = [
+    "extract_config",
+    "preprocess_folder",
+    "preprocess_hdtf",
+    "preprocess_lrs3",
+    "preprocess_mead",
+    "run_preprocess",
+]
 
 log = logging.getLogger(__name__)
 
