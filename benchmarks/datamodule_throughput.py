@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -60,6 +61,12 @@ def write_default_dataset(root: Path, seed: int) -> str:
 # --------------------------------------------------------------------------- loaders
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have exited (the epoch's workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def measure_loader(dm: Any, seconds: float, max_epochs: int) -> dict[str, float]:
     """Samples/s, frames/s and batches/s of a DataModule's train loader over whole epochs."""
     dm.setup("fit")
@@ -68,7 +75,7 @@ def measure_loader(dm: Any, seconds: float, max_epochs: int) -> dict[str, float]
         pass
     samples = frames = batches = epochs = 0
     first_batch = 0.0  # summed time to the first batch of each epoch (worker start-up)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     while epochs < max_epochs and (epochs == 0 or time.perf_counter() - start < seconds):
         epoch_start = time.perf_counter()
         for index, batch in enumerate(loader):
@@ -85,9 +92,12 @@ def measure_loader(dm: Any, seconds: float, max_epochs: int) -> dict[str, float]
                 samples += batch["image"].shape[0]
                 frames += batch["image"].shape[0]
         epochs += 1
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     return {
         "samples_per_s": samples / elapsed,
+        # per CPU-second of this process and its (finished) workers: what one free core would
+        # deliver, much less sensitive than wall time to other jobs on a shared machine
+        "samples_per_cpu_s": samples / cpu,
         "frames_per_s": frames / elapsed,
         "batches_per_s": batches / elapsed,
         "epochs": epochs,
@@ -216,19 +226,22 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Train loaders",
         "",
-        "| DataModule | settings | workers | samples/s | frames/s | batches/s | epochs timed | first batch (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| DataModule | settings | workers | samples/s | frames/s | batches/s | samples/CPU-s | epochs timed "
+        "| first batch (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["loaders"]:
         lines.append(
             f"| {row['datamodule']} | {row['settings']} | {row['num_workers']} | {row['samples_per_s']:.0f} | "
-            f"{row['frames_per_s']:.0f} | {row['batches_per_s']:.1f} | {row['epochs']} | {row['first_batch_s']:.2f} |"
+            f"{row['frames_per_s']:.0f} | {row['batches_per_s']:.1f} | {row['samples_per_cpu_s']:.0f} | {row['epochs']} | "
+            f"{row['first_batch_s']:.2f} |"
         )
     lines += [
         "",
         "Samples are windows (coefficients), pairs (frame pairs) or frames; frames/s counts valid window frames "
         "or decoded images. Workers start anew each epoch (the epoch number seeds the samples); "
-        "'first batch' is that start-up per epoch, which dominates the short epochs of a tiny dataset.",
+        "'first batch' is that start-up per epoch, which dominates the short epochs of a tiny dataset. "
+        "samples/CPU-s divides by the CPU time of the loader process and its workers: the rate per free core.",
         "",
         "## Against a training step",
         "",
