@@ -332,3 +332,13 @@ def test_poseflow_pretrain_then_finetune(tmp_path):
     wrong = CoefficientFlow(**dict(POSEFLOW, init_from=str(path), flow_layers=2))
     with pytest.raises(ValueError, match="flow_layers"):
         _trainer(tmp_path / "wrong", 1).fit(wrong, datamodule=BatchData([structured_batch()]))
+
+
+def test_generated_frames_stay_within_the_output_clip():
+    torch.manual_seed(0)
+    model = CoefficientFlow(**dict(EXPFLOW, output_clip=3.0)).eval()
+    with torch.no_grad():  # a wild flow: large random weights everywhere
+        for p in model.net.flow.parameters():
+            p.add_(torch.randn_like(p))
+    x = model.sample(structured_batch(b=1, w=24)["mel"][0], "fear", num_samples=4, temperature=5.0)
+    assert torch.isfinite(x).all() and x.abs().max() <= 3.0

@@ -226,3 +226,24 @@ def test_audio_encoder_accepts_any_window_length():
     assert encoder(torch.randn(2, 4, 20, M)).shape == (2, 4, 8)
     assert encoder(torch.randn(2, 4, 3, M)).shape == (2, 4, 8)
     assert encoder(torch.randn(2, 20, M)).shape == (2, 8)
+
+
+def test_coupling_scale_is_bounded_both_ways():
+    """However large the coupling network's output, one coupling scales by at most e^clamp."""
+    flow = ConditionalFrameFlow(4, 2, layers=1, hidden=8, linear="reverse", scale_clamp=1.5)
+    coupling = flow.transform._transforms[2]
+    params = torch.cat([torch.zeros(3, 2), torch.tensor([[1e6, 1e6], [-1e6, -1e6], [0.0, 0.0]])], 1)
+    scale, _ = coupling._scale_and_shift(params)
+    torch.testing.assert_close(scale[0], torch.full((2,), torch.e**1.5))
+    torch.testing.assert_close(scale[1], torch.full((2,), torch.e**-1.5))
+    torch.testing.assert_close(scale[2], torch.ones(2))
+
+
+def test_history_noise_perturbs_only_present_frames_in_training():
+    net = _net("student_t_gru", history_noise=0.5).train()
+    history, present = torch.zeros(8, 5, 2, D), torch.ones(8, 5, 2)
+    present[:, :, 0] = 0
+    noisy, _ = net._drop(history, present)
+    assert (noisy[:, :, 0] == 0).all() and noisy[:, :, 1].std() > 0.3
+    clean, _ = net.eval()._drop(history, present)
+    assert (clean == 0).all()

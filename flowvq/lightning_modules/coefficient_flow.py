@@ -82,6 +82,8 @@ class CoefficientFlow(LightningModule):
             :mod:`flowvq.nn.flows`).
         intensity_levels: intensity levels in the data (MEAD: 3).
         prior_init_spread: std of the random initial component locations.
+        output_clip: bound of generated frames in normalised units (train-set stds).
+        history_noise: std of the noise on the previous frames in training.
         lr, weight_decay: AdamW, cosine decay over ``max_epochs``.
         init_from: a checkpoint whose network weights start this training (PoseFlow:
             pretrained on LRS3, fine-tuned on MEAD).
@@ -115,6 +117,8 @@ class CoefficientFlow(LightningModule):
         data_dropout_mode: Literal["frame", "sequence"] = "frame",
         intensity_levels: int = 3,
         prior_init_spread: float = 1.0,
+        output_clip: float | None = 10.0,
+        history_noise: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         init_from: str | None = None,
@@ -161,6 +165,8 @@ class CoefficientFlow(LightningModule):
             data_dropout_mode=data_dropout_mode,
             intensity_levels=intensity_levels,
             prior_init_spread=prior_init_spread,
+            output_clip=output_clip,
+            history_noise=history_noise,
         )
         # Filled from the dataset card in setup() and saved with the checkpoint, so a loaded
         # model can pick its blink dims and un-normalise its samples without the dataset.

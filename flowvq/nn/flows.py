@@ -51,7 +51,26 @@ from torch import Tensor, nn
 from flowvq.nn.audio_encoder import AudioWindowEncoder
 from flowvq.nn.priors import GaussianMixture, LatentPrior, StudentTMixture, make_prior
 
-__all__ = ["CoefficientFlowNet", "ConditionalFrameFlow", "FlowState"]
+__all__ = ["CoefficientFlowNet", "ConditionalFrameFlow", "FlowState", "SoftClampAffineCoupling"]
+
+
+class SoftClampAffineCoupling(AffineCouplingTransform):
+    """nflows' affine coupling with a soft-clamped log-scale, ``clamp * tanh(raw / clamp)``.
+
+    nflows' own parametrisation (``sigmoid(raw + 2)``) lets a scale reach 1e-3, so the
+    inverse, which generation runs, can amplify by 1000 per layer; fed back as the next
+    frame's history, that runs away. Here each coupling changes scale by at most
+    ``exp(clamp)`` either way, and a zero output is the identity.
+    """
+
+    def __init__(self, mask: Tensor, transform_net_create_fn, clamp: float = 2.0) -> None:
+        super().__init__(mask, transform_net_create_fn)
+        self.clamp = clamp
+
+    def _scale_and_shift(self, transform_params: Tensor) -> tuple[Tensor, Tensor]:
+        raw = transform_params[:, self.num_transform_features :, ...]
+        shift = transform_params[:, : self.num_transform_features, ...]
+        return torch.exp(self.clamp * torch.tanh(raw / self.clamp)), shift
 
 
 class ConditionalFrameFlow(nn.Module):
@@ -66,6 +85,7 @@ class ConditionalFrameFlow(nn.Module):
         linear: ``"lu"`` (invertible 1x1 as an LU-factorised matrix), ``"permutation"``
             (a fixed random permutation) or ``"reverse"``.
         seed: seeds the random permutations so that two builds of the same config agree.
+        scale_clamp: bound of each coupling's log-scale (see :class:`SoftClampAffineCoupling`).
 
     Example:
         >>> flow = ConditionalFrameFlow(4, 3, layers=2, hidden=8).eval()
@@ -84,6 +104,7 @@ class ConditionalFrameFlow(nn.Module):
         blocks: int = 2,
         linear: Literal["lu", "permutation", "reverse"] = "lu",
         seed: int = 0,
+        scale_clamp: float = 2.0,
     ) -> None:
         super().__init__()
         if features < 2:
@@ -107,9 +128,10 @@ class ConditionalFrameFlow(nn.Module):
                 steps.append(ReversePermutation(features))
             mask = (torch.arange(features) + index) % 2
             steps.append(
-                AffineCouplingTransform(
+                SoftClampAffineCoupling(
                     mask,
                     lambda inputs, outputs: _coupling_net(inputs, outputs, hidden, context_features, blocks),
+                    clamp=scale_clamp,
                 )
             )
         torch.random.set_rng_state(generator_state)
@@ -127,8 +149,8 @@ class ConditionalFrameFlow(nn.Module):
 
 def _coupling_net(inputs: int, outputs: int, hidden: int, context: int, blocks: int) -> nn.Module:
     net = ResidualNet(inputs, outputs, hidden, context_features=context, num_blocks=blocks)
-    # Zero last layer: every coupling starts as the same mild fixed scale, no shift, so a new
-    # flow is close to linear and training starts stable.
+    # Zero last layer: every coupling starts as the identity, so a new flow is linear (ActNorm
+    # and the invertible linears) and training starts stable.
     nn.init.zeros_(net.final_layer.weight)
     nn.init.zeros_(net.final_layer.bias)
     return net
@@ -169,6 +191,13 @@ class CoefficientFlowNet(nn.Module):
         intensity_levels: number of intensity levels (MEAD: 3); each gets a learned factor
             along the neutral -> emotion line, increasing with the level, the top one fixed
             to 1 (so the component location is the strongest level's).
+        history_noise: std of Gaussian noise added to the previous frames in training (on
+            top of data dropout), so the flow does not trust its own, imperfect, generated
+            history as exactly as the ground truth's.
+        output_clip: generated frames are clipped to +-output_clip (normalised units, i.e.
+            train-set stds) before they are returned and fed back as history: the data
+            never go there, and a rare heavy-tailed draw must not derail the frames after it.
+            None: no clipping.
         prior_init_spread: std of the random initial component locations: distinct
             components from the start let the flow separate emotions quickly (all at the
             origin, the components stay alike for many steps).
@@ -194,6 +223,8 @@ class CoefficientFlowNet(nn.Module):
         data_dropout_mode: Literal["frame", "sequence"] = "frame",
         intensity_levels: int = 3,
         prior_init_spread: float = 1.0,
+        output_clip: float | None = 10.0,
+        history_noise: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= data_dropout <= 1.0:
@@ -208,6 +239,8 @@ class CoefficientFlowNet(nn.Module):
         self.prev_frames = prev_frames
         self.data_dropout = data_dropout
         self.data_dropout_mode = data_dropout_mode
+        self.output_clip = output_clip
+        self.history_noise = history_noise
         self.recurrent_kind = recurrent
         self.audio = AudioWindowEncoder(mel_bins, audio_features, hidden=audio_hidden)
         history = prev_frames * (features + 1)  # frames and their present flags
@@ -252,8 +285,13 @@ class CoefficientFlowNet(nn.Module):
         return rearrange(history, "b t d k -> b t k d"), flags.unfold(1, k, 1)[:, :t]
 
     def _drop(self, history: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
-        """Data dropout (training only): hide whole histories as if the clip started there."""
-        if not self.training or self.data_dropout <= 0:
+        """Data dropout (training only): hide whole histories as if the clip started there
+        (after adding ``history_noise`` to the frames that are there)."""
+        if not self.training:
+            return history, present
+        if self.history_noise > 0:
+            history = history + self.history_noise * torch.randn_like(history) * present.unsqueeze(-1)
+        if self.data_dropout <= 0:
             return history, present
         b, t = present.shape[:2]
         shape = (b, t, 1) if self.data_dropout_mode == "frame" else (b, 1, 1)
@@ -360,6 +398,8 @@ class CoefficientFlowNet(nn.Module):
             audio.unsqueeze(1), state.history.unsqueeze(1), state.present.unsqueeze(1), state.recurrent
         )
         x, _ = self.flow.inverse(z, context[:, 0])
+        if self.output_clip is not None:
+            x = x.clamp(-self.output_clip, self.output_clip)
         if self.prev_frames == 0:
             return x, FlowState(state.history, state.present, recurrent)
         history = torch.cat([state.history[:, 1:], x.unsqueeze(1)], 1)
