@@ -66,8 +66,8 @@ def synth(
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(
-                f"--out {str(out)!r} is not empty: pass --overwrite to replace the dataset there, "
-                "or choose another directory"
+                f"--out {str(out)!r} is not empty: pass --overwrite true (overwrite=True) to replace "
+                "the dataset there, or choose another directory"
             )
         for name in _OWN_ENTRIES:
             path = out / name

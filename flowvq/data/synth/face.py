@@ -236,7 +236,8 @@ CAMERA_DISTANCE = 6.0
 def project(points: np.ndarray, pose: np.ndarray, size: float) -> np.ndarray:
     """Crop-pixel coordinates [..., N, 2] of face points [..., N, 3] under pose [..., 6].
 
-    Pose: yaw, pitch, roll (radians), tx, ty (fractions of the crop), scale (1 = nominal).
+    Pose: yaw, pitch, roll (radians), tx, ty (fractions of the crop), scale (1 = nominal);
+    pitch > 0 lifts the chin, yaw > 0 turns the nose towards the image right.
     """
     pose = np.asarray(pose, dtype=np.float64)
     rot = rotation(pose[..., 0], pose[..., 1], pose[..., 2])  # (..., 3, 3)

@@ -175,6 +175,9 @@ def write_synth(
     )
     root.mkdir(parents=True, exist_ok=True)
     write_ground_truth(root, plan)
+    # librosa compiles its numba kernels on first use: do it here, once, rather than in each
+    # worker that litdata forks per split (seconds each)
+    log_mel(np.zeros(4 * 640, dtype=np.int16), 4, AudioFeatures(), fps=FPS)
     card = write_dataset(root, plan, make_record, card, seed=seed, num_workers=workers)
     card.extra["synth"]["write_seconds"] = round(time.perf_counter() - started, 2)
     card.save(root)

@@ -94,16 +94,17 @@ _RANDOM_STD[EXP_INDEX["jaw_open"]] = 0.04
 #: Blinks per second, and head-motion energy, per emotion.
 BLINK_RATE: dict[str, float] = dict(zip(EMOTIONS, (0.3, 0.25, 0.3, 0.35, 0.5, 0.3, 0.4, 0.15)))
 POSE_ENERGY: dict[str, float] = dict(zip(EMOTIONS, (1.0, 1.5, 0.9, 1.1, 1.3, 1.3, 0.6, 1.4)))
-#: Mean pose offset per emotion (yaw, pitch, roll, tx, ty, log-scale) at full intensity.
+#: Mean pose offset per emotion (yaw, pitch, roll, tx, ty, log-scale) at full intensity;
+#: pitch > 0 lifts the chin (the head tilts back), so sadness and anger lower the head.
 POSE_OFFSET: dict[str, tuple[float, ...]] = {
     "neutral": (0, 0, 0, 0, 0, 0),
-    "angry": (0, 0.06, 0, 0, 0.01, 0.03),
-    "contempt": (0.08, -0.04, 0.05, 0, 0, 0),
-    "disgusted": (-0.05, -0.03, -0.03, 0, 0, -0.02),
-    "fear": (0, 0.03, 0, 0, 0, -0.05),
-    "happy": (0, -0.02, 0.03, 0, 0, 0),
-    "sad": (0, 0.1, -0.02, 0, 0.02, -0.02),
-    "surprised": (0, -0.06, 0, 0, -0.01, 0.02),
+    "angry": (0, -0.06, 0, 0, 0.01, 0.03),
+    "contempt": (0.08, 0.04, 0.05, 0, 0, 0),
+    "disgusted": (-0.05, 0.03, -0.03, 0, 0, -0.02),
+    "fear": (0, -0.03, 0, 0, 0, -0.05),
+    "happy": (0, 0.02, 0.03, 0, 0, 0),
+    "sad": (0, -0.1, -0.02, 0, 0.02, -0.02),
+    "surprised": (0, 0.06, 0, 0, -0.01, 0.02),
 }
 _POSE_STD = np.array([0.09, 0.045, 0.035, 0.015, 0.012, 0.02])
 _BLINK_SHAPE = np.array([0.45, 0.9, 1.0, 0.75, 0.4, 0.15])
@@ -183,6 +184,6 @@ def pose_process(
         start = int(onset)
         stop = min(frames, start + len(nod))
         if 0 <= start < frames:
-            pose[start:stop, 1] += 0.03 * energy * stress * nod[: stop - start]
+            pose[start:stop, 1] -= 0.03 * energy * stress * nod[: stop - start]  # the chin dips
     pose[:, 5] = np.exp(pose[:, 5])  # scale is positive, around 1
     return pose.astype(np.float32)

@@ -159,7 +159,7 @@ class FaceRenderer:
         mask = Image.new("L", (c, c), 0)
         ImageDraw.Draw(mask).polygon(xy("inner_mouth"), fill=255)
         box = mask.getbbox()
-        if box:
+        if box and box[3] - box[1] > 1:  # a closed mouth shows no interior
             layer = self.mouth.crop(box)
             draw_layer = ImageDraw.Draw(layer)
             shift = lambda points: [v - box[k % 2] for k, v in enumerate(points)]  # noqa: E731
