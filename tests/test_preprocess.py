@@ -19,6 +19,7 @@ from PIL import Image
 
 from flowvq.data.card import DatasetError
 from flowvq.data.preprocess import preprocess_folder, preprocess_mead
+from flowvq.data.preprocess.extract import load_cached
 from flowvq.data.schema import EMOTIONS, unpack_frame
 from flowvq.data.shards import open_split
 from flowvq.data.video import write_video
@@ -179,7 +180,7 @@ def test_a_run_killed_with_sigkill_resumes(mead, tmp_path):
 
 def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
     root = tmp_path / "MEAD"
-    build_mead_tree(root, {"M001": [("neutral", 1), ("happy", 1)], "M003": [("neutral", 1)]}, FRAMES, size=128)
+    truth = build_mead_tree(root, {"M001": [("neutral", 1), ("happy", 1)], "M003": [("neutral", 1)]}, FRAMES, size=128)
     video, audio = root / "M001" / "video" / "front", root / "M001" / "audio"
     corrupt(video / "sad" / "level_1" / "001.mp4")
     write_video(video / "fear" / "level_1" / "001.mp4", faceless(FRAMES, 128), FPS)
@@ -199,8 +200,16 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
         "M001_front_disgusted_1_001": "short_audio",
     }
     assert all(f["message"] for f in failures) and card.extra["failed_clips"] == 3
-    for record in records(out).values():
+    for clip_id, record in records(out).items():
         assert len(record["frame_offsets"]) == 0 and record["frames"] == b""
+        # with the smoothed crop the pose is relative to the crop, which turns with the head's
+        # slower roll; the crop's own turn added back gives the head's roll in the video
+        crop = load_cached(out / "cache" / "clips" / f"{clip_id}.npz", ("crop",))["crop"]
+        roll = record["pose"][:, 2] - np.arctan2(crop[:, 1, 0], crop[:, 0, 0])  # crop turn = -matrix angle
+        error = np.degrees(
+            np.sqrt(np.mean((roll - roll.mean() - truth[clip_id].roll + truth[clip_id].roll.mean()) ** 2))
+        )
+        assert error < 1.0, f"{clip_id}: roll RMS error {error:.2f} deg"
         # the smoothed crop follows the face; it lags a little behind this fast motion (a full
         # turn of +-12 degrees, +-10% scale in one second), so the chin may graze the bottom edge
         inside = ((record["landmarks"] >= 0) & (record["landmarks"] < 96)).all(-1)

@@ -6,6 +6,13 @@ expression basis is a PCA of the pose-normalised landmarks minus the speaker's n
 shape (the mean over the speaker's neutral clips, or over all of its clips where emotions
 are unknown), fitted on train frames only. The basis is saved next to the shards
 (``mediapipe_pca.npz``) so that coefficients can be turned back into landmarks.
+
+The pose describes the head in the aligned crop the frames show: yaw, pitch, roll of the
+fit onto the mean shape, tx and ty the face centre in crop units (-1..1 across the crop),
+scale relative to the mean shape. The crop follows the head's slower motion (its Gaussian
+smoothing, ``crop_smoothing`` frames), so the pose holds the faster part; with
+``crop_smoothing=None`` (one crop per clip) it holds all of it. The per-frame crop
+similarity is kept in the cache (``crop``) to map back to the video.
 """
 
 from __future__ import annotations
@@ -223,6 +230,7 @@ def merge_cache(
             **facts,
             "extract": {k: v for k, v in config.to_dict().items() if k != "audio"},
             "failed_clips": failed,
+            "pose_reference": "aligned crop (see flowvq.data.preprocess.merge)",
         },
     )
     order = ("train", "val", "test")
