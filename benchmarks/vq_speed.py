@@ -1,0 +1,226 @@
+"""VQGAN / VQIG speed: training steps/s in fp32 and bf16-mixed, VQIG rendering frames/s vs real time.
+
+    python benchmarks/vq_speed.py                         # tiny training + rendering at 128 / 256 px
+    python benchmarks/vq_speed.py --train-sizes tiny paper --repeats 3
+
+Measured on the machine it runs on (write down its load: a shared CPU skews every figure):
+
+- training: a full manual-optimization step of each stage (generator forward + loss + backward +
+  Adam, then the discriminator's) on random batches in the DataModules' format, with the GAN
+  terms on (the costlier regime), in fp32 and under ``torch.autocast(bfloat16)`` (what Lightning's
+  ``bf16-mixed`` does), for the model sizes of ``configs/tiny/*.yaml`` (and ``configs/*.yaml``
+  with ``--train-sizes paper``);
+- rendering: :meth:`VQIG.render` frames/s (source encoded once, then batches of target
+  coefficients) with the paper-scale VQIG architecture built at 128 and 256 px, batch 1 and 16,
+  fp32 and bf16 autocast; ratio to real time (25 fps): above 1 renders faster than video plays.
+
+Writes ``benchmarks/results/vq_speed.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+FPS = 25.0
+CONFIGS = {
+    "tiny": (ROOT / "configs/tiny/vqgan.yaml", ROOT / "configs/tiny/vqig.yaml"),
+    "paper": (ROOT / "configs/vqgan.yaml", ROOT / "configs/vqig.yaml"),
+}
+DIMS = {"tiny": dict(exp_dim=16, pose_dim=6), "paper": dict(exp_dim=64, pose_dim=6)}
+
+
+def model_args(path: Path) -> dict[str, Any]:
+    args = dict(yaml.safe_load(path.read_text())["model"]["init_args"])
+    args["log_images"] = 0
+    return args
+
+
+def batch_size_of(path: Path) -> int:
+    return int(yaml.safe_load(path.read_text())["data"]["init_args"]["batch_size"])
+
+
+def train_step(stage: str, model: Any, batch: dict[str, torch.Tensor], optimizers: list) -> None:
+    """One manual-optimization step as the LightningModules take it (GAN terms on)."""
+    opt_g, opt_d = optimizers
+    if stage == "vqgan":
+        images = batch["image"]
+        recon, commit, _ = model.autoencoder(images)
+        loss, _ = model.loss.generator_loss(images, recon, 1, commit, model.autoencoder.last_layer)
+        target = images
+    else:
+        target = batch["target"]
+        loss, _, out = model._losses(batch, 1)
+        recon = out["image"]
+    opt_g.zero_grad(set_to_none=True)
+    for p in model.loss.discriminator.parameters():
+        p.requires_grad_(False)
+    loss.backward()
+    opt_g.step()
+    for p in model.loss.discriminator.parameters():
+        p.requires_grad_(True)
+    d_loss, _ = model.loss.discriminator_loss(target, recon.detach())
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+
+
+def time_training(size: str, stage: str, repeats: int) -> list[dict[str, Any]]:
+    from flowvq.lightning_modules.vqgan import VQGAN
+    from flowvq.lightning_modules.vqig import VQIG
+
+    vqgan_cfg, vqig_cfg = CONFIGS[size]
+    rows = []
+    for precision in ("32-true", "bf16-mixed"):
+        torch.manual_seed(0)
+        if stage == "vqgan":
+            args = model_args(vqgan_cfg)
+            args["disc_start"] = 0
+            model = VQGAN(**args)
+            res, bs = args["resolution"], batch_size_of(vqgan_cfg)
+            batch = {"image": torch.rand(bs, 3, res, res) * 2 - 1}
+        else:
+            args = model_args(vqig_cfg)
+            args.update(DIMS[size], disc_start=0, codebook_checkpoint=None)
+            model = VQIG(**args)
+            res, bs = args["resolution"], batch_size_of(vqig_cfg)
+            batch = {
+                "source": torch.rand(bs, 3, res, res) * 2 - 1,
+                "target": torch.rand(bs, 3, res, res) * 2 - 1,
+                "target_exp": torch.randn(bs, args["exp_dim"]),
+                "target_pose": torch.randn(bs, args["pose_dim"]),
+            }
+        model.train()
+        optimizers = model.configure_optimizers()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            train_step(stage, model, batch, optimizers)  # warm-up (k-means init, allocations)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                train_step(stage, model, batch, optimizers)
+            seconds = (time.perf_counter() - start) / repeats
+        rows.append(
+            {
+                "size": size,
+                "stage": stage,
+                "precision": precision,
+                "batch_size": bs,
+                "resolution": res,
+                "seconds_per_step": seconds,
+                "steps_per_s": 1.0 / seconds,
+                "images_per_s": bs / seconds,
+            }
+        )
+        print(rows[-1], flush=True)
+    fp32, bf16 = rows
+    bf16["speedup_vs_fp32"] = fp32["seconds_per_step"] / bf16["seconds_per_step"]
+    return rows
+
+
+def time_rendering(resolutions: list[int], batch_sizes: list[int], frames: int) -> list[dict[str, Any]]:
+    from flowvq.lightning_modules.vqig import VQIG
+
+    rows = []
+    for resolution in resolutions:
+        args = model_args(CONFIGS["paper"][1])
+        args.update(DIMS["paper"], resolution=resolution, codebook_checkpoint=None)
+        torch.manual_seed(0)
+        model = VQIG(**args).eval()
+        source = torch.rand(3, resolution, resolution) * 2 - 1
+        for precision in ("32-true", "bf16-mixed"):
+            for batch_size in batch_sizes:
+                count = max(frames, batch_size)
+                exp, pose = torch.randn(count, args["exp_dim"]), torch.randn(count, args["pose_dim"])
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+                    model.render(source, exp[:batch_size], pose[:batch_size], batch_size=batch_size)  # warm-up
+                    start = time.perf_counter()
+                    model.render(source, exp, pose, batch_size=batch_size)
+                    seconds = time.perf_counter() - start
+                fps = count / seconds
+                rows.append(
+                    {
+                        "resolution": resolution,
+                        "precision": precision,
+                        "batch_size": batch_size,
+                        "frames": count,
+                        "frames_per_s": fps,
+                        "real_time_ratio": fps / FPS,
+                    }
+                )
+                print(rows[-1], flush=True)
+    return rows
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# VQGAN / VQIG speed",
+        "",
+        f"Machine: {result['machine']}; torch {result['torch']}; threads {result['threads']}; "
+        f"load average at start {result['load_average']}. Command: `{result['command']}`.",
+        "",
+        "## Training (one manual-optimization step: generator + discriminator, GAN terms on)",
+        "",
+        "| size | stage | precision | batch | px | s/step | steps/s | images/s | bf16 speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["training"]:
+        speedup = f"{r['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in r else ""
+        lines.append(
+            f"| {r['size']} | {r['stage']} | {r['precision']} | {r['batch_size']} | {r['resolution']} | "
+            f"{r['seconds_per_step']:.2f} | {r['steps_per_s']:.3f} | {r['images_per_s']:.1f} | {speedup} |"
+        )
+    lines += [
+        "",
+        "## VQIG rendering (paper-scale architecture, untrained weights: speed only)",
+        "",
+        "| px | precision | batch | frames | frames/s | x real time (25 fps) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["rendering"]:
+        lines.append(
+            f"| {r['resolution']} | {r['precision']} | {r['batch_size']} | {r['frames']} | "
+            f"{r['frames_per_s']:.2f} | {r['real_time_ratio']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train-sizes", nargs="*", default=["tiny"], choices=sorted(CONFIGS))
+    parser.add_argument("--repeats", type=int, default=3, help="timed training steps per setting")
+    parser.add_argument("--resolutions", nargs="*", type=int, default=[128, 256])
+    parser.add_argument("--batch-sizes", nargs="*", type=int, default=[1, 16])
+    parser.add_argument("--frames", type=int, default=16, help="frames rendered per timing (at least the batch)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    result: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "command": "python benchmarks/vq_speed.py " + " ".join(os.sys.argv[1:]),
+        "training": [],
+        "rendering": [],
+    }
+    for size in args.train_sizes:
+        for stage in ("vqgan", "vqig"):
+            result["training"] += time_training(size, stage, args.repeats)
+    result["rendering"] = time_rendering(args.resolutions, args.batch_sizes, args.frames)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "vq_speed.json").write_text(json.dumps(result, indent=2))
+    (args.out / "vq_speed.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
