@@ -73,10 +73,11 @@ def _wrinkles(pts: np.ndarray) -> dict[str, np.ndarray]:
         wing, corner = pts[:, 31 if side < 0 else 35, :2], pts[:, 48 if side < 0 else 54, :2]
         fold = _lines(wing + [side * 0.035, -0.02], corner + [side * 0.035, 0.035], 9, np.array([side * 0.035, 0]))
         out[f"wrinkle_nasolabial_{'left' if side < 0 else 'right'}_0"] = _on_face(fold, 0.02)
-        corner = pts[:, 36 if side < 0 else 45, :2] + [side * 0.03, 0.0]
-        for j, angle in enumerate((-0.5, 0.0, 0.5)):
+        corner = pts[:, 36 if side < 0 else 45, :2] + [side * 0.012, 0.0]
+        for j, angle in enumerate((-0.55, 0.0, 0.55)):  # a fan of separate lines
             direction = np.array([side * np.cos(angle), np.sin(angle)])
-            out[f"wrinkle_crows_feet_{3 * k + j}"] = _on_face(_lines(corner, corner + 0.05 * direction, 2), 0.02)
+            line = _lines(corner + 0.025 * direction, corner + 0.065 * direction, 2)
+            out[f"wrinkle_crows_feet_{3 * k + j}"] = _on_face(line, 0.02)
     bridge = 0.5 * (pts[:, 27, 1] + pts[:, 28, 1])[:, None]
     for k in range(3):  # short bowed lines across the bridge
         x = np.broadcast_to(np.linspace(-0.028 + 0.004 * k, 0.028 - 0.004 * k, 5)[None], bridge.shape[:1] + (5,))
@@ -192,8 +193,8 @@ def skin_image(speaker: SpeakerSpec, res: float) -> tuple[Image.Image, np.ndarra
         shade -= 0.06 * bump(side * 0.06, -0.05, 0.018, 0.09)  # sides of the nose
     shade += 0.07 * bump(0, -0.08, 0.022, 0.12) + 0.04 * bump(0, -0.55, 0.18, 0.1)  # bridge, forehead
     shade -= 0.06 * bump(0, 0.17, 0.06, 0.025) + 0.07 * bump(0, 0.5, 0.1, 0.04)  # under nose, under lip
-    blotch = gaussian_filter(rng.standard_normal(x.shape), 0.03 * res)
-    shade *= 1.0 + 0.03 * blotch / (blotch.std() + 1e-8) + 0.02 * rng.standard_normal(x.shape)
+    blotch = gaussian_filter(rng.standard_normal(x.shape), 0.04 * res)
+    shade *= 1.0 + 0.018 * blotch / (blotch.std() + 1e-8) + 0.012 * rng.standard_normal(x.shape)
     for _ in range(int(rng.integers(0, 5))):  # moles and freckles
         shade -= 0.3 * bump(rng.uniform(-0.35, 0.35), rng.uniform(-0.5, 0.5), 0.008, 0.008)
     blush = sum(bump(side * 0.25, 0.12, 0.09, 0.07) for side in (-1, 1))

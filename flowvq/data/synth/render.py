@@ -178,7 +178,8 @@ class FaceRenderer:
         shift = coef[2] + box[0] * coef[0] + box[1] * coef[1]
         data = (coef[0, 0], coef[1, 0], shift[0], coef[0, 1], coef[1, 1], shift[1])
         size = (box[2] - box[0], box[3] - box[1])
-        return self.skin_image.transform(size, Image.AFFINE, data, Image.BILINEAR)
+        # nearest is ten times faster than bilinear here, and the 2x reduction smooths it anyway
+        return self.skin_image.transform(size, Image.AFFINE, data, Image.NEAREST)
 
     @functools.cached_property
     def _anchor_xy(self) -> np.ndarray:
