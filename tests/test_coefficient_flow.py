@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from flowvq.data.card import AudioFeatures, DatasetCard, DatasetError, Stats
-from flowvq.lightning_modules.coefficient_flow import CoefficientFlow
+from flowvq.lightning_modules.coefficient_flow import CoefficientFlow, plot_samples
 
 E, P, M, KP, C = 5, 3, 8, 4, 10  # exp dims, pose dims, mel bins, previous frames, mel columns
 EXP_NAMES = ["jaw_open", "smile", "blink", "frown", "brow_raise"]
@@ -342,3 +342,55 @@ def test_generated_frames_stay_within_the_output_clip():
             p.add_(torch.randn_like(p))
     x = model.sample(structured_batch(b=1, w=24)["mel"][0], "fear", num_samples=4, temperature=5.0)
     assert torch.isfinite(x).all() and x.abs().max() <= 3.0
+
+
+# -- through the real DataModule and the emotion classifier ----------------------------------------
+
+
+@pytest.mark.parametrize("field", ["exp", "pose"])
+def test_fit_on_shards_through_the_coefficient_datamodule(field, random_dataset, tmp_path):
+    """One epoch of two batches on litdata shards, sized from the dataset card."""
+    from flowvq.datamodules import CoefficientDataModule
+
+    data = CoefficientDataModule(random_dataset, window=8, prev_frames=4, batch_size=4)
+    options = {**SMALL, **data.dims, "field": field, "prior": "student_t_mixture" if field == "exp" else "gaussian"}
+    model = CoefficientFlow(**options)
+    trainer = Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=data)
+    assert torch.isfinite(trainer.callback_metrics["val/nll"])
+    assert trainer.callback_metrics["val/diversity"] > 0
+    # the card's train statistics came with the model, for un-normalising its samples
+    stats = data.card.stats
+    expected = stats.exp_std if field == "exp" else stats.pose_std
+    torch.testing.assert_close(model.coef_std, torch.tensor(expected))
+    # the demo's figure of samples for two emotions, from the saved checkpoint
+    path = tmp_path / "flow.ckpt"
+    trainer.save_checkpoint(path)
+    png = plot_samples(path, random_dataset, tmp_path / "samples.png", num_samples=2, window=16)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_validation_scores_samples_with_the_emotion_classifier(tmp_path):
+    from flowvq.lightning_modules.emotion_classifier import EmotionClassifier
+
+    classifier = EmotionClassifier(exp_dim=E, num_emotions=8, hidden=16, layers=1)
+    trainer = _trainer(tmp_path, 1)
+    trainer.strategy.connect(classifier)
+    path = tmp_path / "classifier.ckpt"
+    trainer.save_checkpoint(path)
+    model, _, _ = _fit(dict(EXPFLOW, emotion_classifier=str(path)), tmp_path / "flow", steps=1)
+    score = model.trainer.callback_metrics["val/emotion_accuracy_samples"]
+    assert 0.0 <= float(score) <= 1.0
+    wrong = CoefficientFlow(**dict(EXPFLOW, emotion_classifier=str(tmp_path / "missing.ckpt")))
+    with pytest.raises(FileNotFoundError, match="emotion_classifier"):
+        _trainer(tmp_path / "wrong", 1).fit(wrong, datamodule=BatchData([structured_batch()]))
