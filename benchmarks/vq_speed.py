@@ -200,7 +200,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed training steps per setting")
     parser.add_argument("--resolutions", nargs="*", type=int, default=[128, 256])
     parser.add_argument("--batch-sizes", nargs="*", type=int, default=[1, 16])
-    parser.add_argument("--frames", type=int, default=16, help="frames rendered per timing (at least the batch)")
+    parser.add_argument("--frames", type=int, default=1, help="frames rendered per timing (at least the batch size)")
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--skip-rendering", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result: dict[str, Any] = {
@@ -212,13 +214,20 @@ def main() -> None:
         "training": [],
         "rendering": [],
     }
-    for size in args.train_sizes:
-        for stage in ("vqgan", "vqig"):
-            result["training"] += time_training(size, stage, args.repeats)
-    result["rendering"] = time_rendering(args.resolutions, args.batch_sizes, args.frames)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vq_speed.json").write_text(json.dumps(result, indent=2))
-    (args.out / "vq_speed.md").write_text(markdown(result))
+
+    def save() -> None:  # after every section, so a run cut short still leaves its figures
+        (args.out / "vq_speed.json").write_text(json.dumps(result, indent=2))
+        (args.out / "vq_speed.md").write_text(markdown(result))
+
+    if not args.skip_training:
+        for size in args.train_sizes:
+            for stage in ("vqgan", "vqig"):
+                result["training"] += time_training(size, stage, args.repeats)
+                save()
+    if not args.skip_rendering:
+        result["rendering"] = time_rendering(args.resolutions, args.batch_sizes, args.frames)
+    save()
     print(markdown(result))
 
 
