@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from flowvq.data.audio import frame_envelope, log_mel, to_int16
 from flowvq.data.card import AudioFeatures, DatasetCard
@@ -29,6 +30,8 @@ from flowvq.data.synth.speech import PROSODY, speak
 __all__ = ["GROUND_TRUTH", "ClipSimulation", "load_ground_truth", "make_record", "simulate_clip", "write_synth"]
 
 FPS = 25.0
+#: Log-mel settings of every SynthTalk dataset (written to the card, used for every clip).
+AUDIO = AudioFeatures()
 JPEG_QUALITY = 90
 MAX_FRAME_SIZE = 256
 
@@ -87,7 +90,7 @@ def simulate_clip(spec: ClipSpec) -> ClipSimulation:
     return ClipSimulation(audio=audio, exp=exp.astype(np.float32), pose=pose, truth=truth)
 
 
-def _jpeg(image) -> bytes:
+def _jpeg(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
@@ -109,7 +112,7 @@ def make_record(spec: ClipSpec) -> dict:
         "intensity": spec.intensity,
         "exp": sim.exp,
         "pose": sim.pose,
-        "mel": log_mel(sim.audio, spec.num_frames, AudioFeatures(), fps=FPS),
+        "mel": log_mel(sim.audio, spec.num_frames, AUDIO, fps=FPS),
         "audio": sim.audio,
         "landmarks": renderer.landmarks(sim.exp, sim.pose),
         "frames": blob,
@@ -168,6 +171,7 @@ def write_synth(
         pose_dim=6,
         coefficient_source="synthetic",
         fps=FPS,
+        audio=replace(AUDIO),  # a copy: the card is the caller's to change
         frame_size=size if frames else 0,
         exp_names=list(motion.EXP_NAMES),
         speakers=speakers,
@@ -177,7 +181,7 @@ def write_synth(
     write_ground_truth(root, plan)
     # librosa compiles its numba kernels on first use: do it here, once, rather than in each
     # worker that litdata forks per split (seconds each)
-    log_mel(np.zeros(4 * 640, dtype=np.int16), 4, AudioFeatures(), fps=FPS)
+    log_mel(np.zeros(4 * 640, dtype=np.int16), 4, AUDIO, fps=FPS)
     card = write_dataset(root, plan, make_record, card, seed=seed, num_workers=workers)
     card.extra["synth"]["write_seconds"] = round(time.perf_counter() - started, 2)
     card.save(root)
