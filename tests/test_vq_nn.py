@@ -26,7 +26,7 @@ def test_quantizer_round_trip(options: dict, training: bool) -> None:
     quantizer = Quantizer(dim=6, codebook_size=12, **options).train(training)
     z = torch.randn(3, 6, 5, 4, requires_grad=True)
     if options.get("kmeans_init"):
-        quantizer.eval()(z)  # k-means runs on the first batch, whatever the mode
+        quantizer.train()(z)  # k-means runs on the first training batch
         quantizer.train(training)
     used = quantizer.codebook.clone()  # a training forward moves the EMA codebook after its lookup
     quantized, commit, indices = quantizer(z)
@@ -56,6 +56,17 @@ def test_quantizer_ema_moves_codebook_only_in_training() -> None:
     torch.testing.assert_close(quantizer.codebook, before)
     quantizer.train()(z)
     assert not torch.allclose(quantizer.codebook, before)
+
+
+def test_kmeans_init_waits_for_a_training_batch() -> None:
+    torch.manual_seed(0)
+    quantizer = Quantizer(dim=4, codebook_size=8, kmeans_init=True)
+    before = quantizer.codebook.clone()
+    codes, _, indices = quantizer.eval()(torch.randn(2, 4, 4, 4))  # e.g. Lightning's sanity validation
+    torch.testing.assert_close(quantizer.codebook, before)
+    torch.testing.assert_close(codes, quantizer.indices_to_codes(indices))
+    quantizer.train()(torch.randn(2, 4, 4, 4) + 5.0)
+    assert quantizer.codebook.mean() > 4.0  # initialised from the training batch
 
 
 def test_codebook_usage() -> None:

@@ -96,6 +96,10 @@ class Quantizer(nn.Module):
         """
         if z.ndim != 4 or z.shape[1] != self.dim:
             raise ValueError(f"quantizer input has shape {tuple(z.shape)}, expected (B, {self.dim}, h, w)")
+        if not self.training and not bool(self.vq._codebook.initted):
+            # k-means initialisation must see training data, not a sanity-check validation batch.
+            indices = self.nearest(z)
+            return self.indices_to_codes(indices), z.new_zeros(()), indices
         quantized, indices, commit_loss = self.vq(z, freeze_codebook=freeze_codebook)
         return quantized, commit_loss, indices
 
