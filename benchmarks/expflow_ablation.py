@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS)[:6], choices=list(VARIANTS))
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--merge", action="store_true", help="keep other variants' rows of the last run")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -189,8 +190,19 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     command = "python benchmarks/expflow_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    commands = [command]
+    previous = RESULTS / "expflow_ablation.json"
+    if args.merge and previous.is_file():
+        # rows of an earlier run with the same data and epochs (other variants, run apart)
+        earlier = json.loads(previous.read_text())
+        if earlier.get("data") == str(root) and earlier.get("epochs") == args.epochs:
+            done = {r["variant"] for r in rows}
+            rows = [r for r in earlier["rows"] if r["variant"] not in done] + rows
+            rows.sort(key=lambda r: list(VARIANTS).index(r["variant"]))
+            commands = earlier.get("commands", [earlier.get("command")]) + commands
     result = {
         "command": command,
+        "commands": commands,
         "data": str(root),
         "epochs": args.epochs,
         "classifier_accuracy_real": ceiling,
@@ -202,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# ExpFlow ablation (SynthTalk, held-out test speakers)",
         "",
-        f"`{command}`: {args.epochs} epochs per variant on the train speakers of SynthTalk 'small'; "
+        "`"
+        + "` and `".join(commands)
+        + f"`: {args.epochs} epochs per variant on the train speakers of SynthTalk 'small'; "
         f"{args.samples} samples per test window at temperature {args.temperature}. Emotion classifier "
         f"accuracy on the real test windows: {ceiling:.3f} (chance 0.125).",
         "",
