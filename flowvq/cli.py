@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -100,8 +101,26 @@ def _commands() -> dict[str, Any]:
     return {name: load(entry) for name, entry in COMMANDS.items()}
 
 
+#: Errors that mean "bad input" rather than a bug: from the console they print as one
+#: message, without a traceback (set FLOWVQ_TRACEBACK=1 to see it).
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``flowvq`` console script."""
+    if argv is None and not os.environ.get("FLOWVQ_TRACEBACK"):
+        try:
+            _main(None)
+        except USER_ERRORS as error:  # DatasetError, RecordError, MediaError are among these
+            command = " ".join(sys.argv[1:3]) if len(sys.argv) > 2 and not sys.argv[2].startswith("-") else sys.argv[1]
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            print(f"flowvq {command}: error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return
+    _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:

@@ -108,3 +108,16 @@ def test_subcommand_help(command, capsys):
         main([command, "--help"])
     assert exit_.value.code == 0
     assert "usage" in capsys.readouterr().out.lower()
+
+
+def test_console_reports_bad_input_without_a_traceback(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("keep me")
+    script = Path(sys.executable).parent / "flowvq"
+    result = subprocess.run(
+        [str(script), "synth", "--out", str(tmp_path / "taken")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "flowvq synth: error:" in result.stderr and "--overwrite" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "taken" / "file").read_text() == "keep me", "nothing is lost"
