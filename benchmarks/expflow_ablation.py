@@ -38,6 +38,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
+#: How samples are drawn for scoring (kept in the results, so --merge never mixes two ways).
+SAMPLING = "clip start: no previous frames; label and intensity of the window"
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "t_mixture+dropout": dict(prior="student_t_mixture"),
@@ -87,14 +89,19 @@ def train_classifier(root: Path, epochs: int, work: Path) -> tuple[Any, float]:
         **{k: v for k, v in data.dims.items() if k in ("exp_dim", "pose_dim", "num_emotions")}
     )
     _trainer(epochs, work).fit(classifier, datamodule=data)
-    classifier.eval()
+    return classifier.eval(), classifier_accuracy(classifier, root)
+
+
+def classifier_accuracy(classifier: Any, root: Path) -> float:
+    """Accuracy of the emotion classifier on the real test windows (the ceiling for samples)."""
+    data = _data(root, 32, 1)
     data.setup("test")
     correct = total = 0
     for batch in data.test_dataloader():
         probs = classifier.predict_proba(batch["exp"], mask=batch["mask"])
         correct += int((probs.argmax(-1) == batch["emotion"]).sum())
         total += len(batch["emotion"])
-    return classifier, correct / max(total, 1)
+    return correct / max(total, 1)
 
 
 @torch.no_grad()
@@ -122,14 +129,9 @@ def evaluate(model: Any, root: Path, classifier: Any, samples: int, temperature:
         level = None if component is None else batch["intensity"].repeat_interleave(samples)
         torch.manual_seed(generator_seed)
         generator_seed += 1
-        drawn = model.net.sample(
-            batch["mel"].repeat_interleave(samples, 0),
-            component,
-            level,
-            temperature,
-            prev=batch["prev_exp"].repeat_interleave(samples, 0),
-            prev_mask=batch["prev_mask"].repeat_interleave(samples, 0),
-        )
+        # from a clip start (no previous frames): the ground truth's history would hand the
+        # samples the window's emotion whatever the prior does
+        drawn = model.net.sample(batch["mel"].repeat_interleave(samples, 0), component, level, temperature)
         drawn = rearrange(drawn, "(b n) t d -> b n t d", b=b)
         diversity.update(drawn, x, mask)
         lipsync.update(drawn[..., jaw], batch["energy"], mask)
@@ -157,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="SynthTalk root (default: write 'small' to a temp dir)")
     parser.add_argument("--epochs", type=int, default=6, help="ExpFlow training epochs per variant")
     parser.add_argument("--classifier-epochs", type=int, default=10)
+    parser.add_argument(
+        "--classifier", type=Path, default=None, help="EmotionClassifier checkpoint (default: train one)"
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS)[:6], choices=list(VARIANTS))
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=0.8)
@@ -174,7 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         root = root or work / "synth_small"
         synth(root, preset="small", seed=0, frames=False)
     started = time.perf_counter()
-    classifier, ceiling = train_classifier(root, args.classifier_epochs, work)
+    if args.classifier is not None:
+        from flowvq.lightning_modules.emotion_classifier import EmotionClassifier
+
+        classifier = EmotionClassifier.load_from_checkpoint(args.classifier, map_location="cpu", weights_only=False)
+        ceiling = classifier_accuracy(classifier, root)
+    else:
+        classifier, ceiling = train_classifier(root, args.classifier_epochs, work)
     print(f"classifier accuracy on real test windows: {ceiling:.3f}", flush=True)
     config = yaml.safe_load((ROOT / "configs/tiny/expflow.yaml").read_text())["model"]["init_args"]
     config = {k: v for k, v in config.items() if k != "emotion_classifier"}
@@ -195,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge and previous.is_file():
         # rows of an earlier run with the same data and epochs (other variants, run apart)
         earlier = json.loads(previous.read_text())
-        if earlier.get("data") == str(root) and earlier.get("epochs") == args.epochs:
+        same = (earlier.get(k) for k in ("data", "epochs", "sampling"))
+        if tuple(same) == (str(root), args.epochs, SAMPLING):
             done = {r["variant"] for r in rows}
             rows = [r for r in earlier["rows"] if r["variant"] not in done] + rows
             rows.sort(key=lambda r: list(VARIANTS).index(r["variant"]))
@@ -205,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "commands": commands,
         "data": str(root),
         "epochs": args.epochs,
+        "sampling": SAMPLING,
         "classifier_accuracy_real": ceiling,
         "total_s": time.perf_counter() - started,
         "rows": rows,
@@ -217,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         "`"
         + "` and `".join(commands)
         + f"`: {args.epochs} epochs per variant on the train speakers of SynthTalk 'small'; "
-        f"{args.samples} samples per test window at temperature {args.temperature}. Emotion classifier "
+        f"{args.samples} samples per test window at temperature {args.temperature}, from a clip start (no "
+        "previous frames), with the window's emotion and intensity. Emotion classifier "
         f"accuracy on the real test windows: {ceiling:.3f} (chance 0.125).",
         "",
         "| variant | held-out NLL | emotion acc (samples) | lip-sync samples | lip-sync truth | diversity | GT spread | ratio |",
