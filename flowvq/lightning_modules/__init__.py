@@ -7,6 +7,9 @@ from typing import Any
 
 _MODULES = {
     "EmotionClassifier": "flowvq.lightning_modules.emotion_classifier",
+    "CoefficientFlow": "flowvq.lightning_modules.coefficient_flow",
+    "VQGAN": "flowvq.lightning_modules.vqgan",
+    "VQIG": "flowvq.lightning_modules.vqig",
 }
 
 __all__ = list(_MODULES)

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = ["CONFIG_DIR", "demo", "fit_stage"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+STAGES = ("flows", "image")
 
 
 def _config(name: str) -> Path:
@@ -68,6 +69,7 @@ def demo(
     data: Path = Path("data/synth"),
     seed: int = 0,
     fresh_data: bool = False,
+    stages: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the whole suite at CPU scale on SynthTalk and print where to look.
 
@@ -76,7 +78,14 @@ def demo(
         data: the SynthTalk root; written with the tiny preset unless a dataset is there.
         seed: seed of the synthetic dataset.
         fresh_data: rewrite the dataset even if one is there.
+        stages: which groups to run after the emotion classifier (always first: the flows
+            score their samples with it): ``flows`` (ExpFlow, PoseFlow), ``image``
+            (VQGAN codebook, VQIG). Default: all.
     """
+    stages = list(STAGES if stages is None else stages)
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown demo stages {unknown}: expected some of {', '.join(STAGES)}")
     from flowvq.data.card import CARD_NAME
     from flowvq.data.synth import synth
 
@@ -89,11 +98,24 @@ def demo(
         print(f"[demo] using the SynthTalk dataset at {data} (pass --fresh_data true to rewrite it)")
 
     summary = []
-    stage = fit_stage("emotion_classifier", data, out)
-    summary.append(stage)
-    accuracy = stage["test"].get("test/accuracy")
+    classifier = fit_stage("emotion_classifier", data, out)
+    summary.append(classifier)
+    accuracy = classifier["test"].get("test/accuracy")
     if accuracy is not None:
         print(f"[demo] emotion classifier: held-out-speaker accuracy {accuracy:.3f} (chance 0.125)")
+
+    if "flows" in stages:
+        from flowvq.lightning_modules.coefficient_flow import plot_samples
+
+        # ExpFlow's validation scores the emotion of its samples with the classifier just trained
+        expflow = fit_stage(
+            "expflow", data, out, ["--model.init_args.emotion_classifier", classifier["checkpoint"]], test=False
+        )
+        summary.append(expflow)
+        summary.append(fit_stage("poseflow", data, out, test=False))
+        picture = plot_samples(Path(expflow["checkpoint"]), data, out / "expflow_samples.png", ["happy", "sad"])
+        expflow["samples_png"] = str(picture)
+        print(f"[demo] ExpFlow samples for two emotions: {picture}")
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
