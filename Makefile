@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: demo test bench lint clean venv
@@ -10,9 +11,10 @@ export OMP_NUM_THREADS ?= 2
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# The CPU build of torch that lies on this disk; a bare `torch` range would pull a CUDA build.
-	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[dev]"
+	# Pin the CPU build of torch that lies on this disk for the whole resolution: a bare
+	# `torch` range (or torchvision, which litdata lists) would pull a multi-GB CUDA build.
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -e ".[dev]" "torch==$(TORCH_VERSION)"
 	# litdata lists torchvision, but only uses it for image/video serializers flowvq does not
 	# use, and PyPI's torchvision breaks `import lightning` beside the CPU torch build.
 	$(PIP) uninstall -q -y torchvision || true
