@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ def fit_stage(name: str, data: Path, out: Path, extra: list[str] | None = None, 
         "false",
         *(extra or []),
     ]
-    cli = FlowvqCLI(args=args)
+    with warnings.catch_warnings():  # the demo's own sys.argv is not meant for LightningCLI
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        cli = FlowvqCLI(args=args)
     trainer = cli.trainer
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     metrics: dict[str, float] = {}
