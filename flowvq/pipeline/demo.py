@@ -16,7 +16,7 @@ from typing import Any
 __all__ = ["CONFIG_DIR", "demo", "fit_stage"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-STAGES = ("flows", "image")
+STAGES = ("flows",)
 
 
 def _config(name: str) -> Path:
@@ -82,8 +82,7 @@ def demo(
         seed: seed of the synthetic dataset.
         fresh_data: rewrite the dataset even if one is there.
         stages: which groups to run after the emotion classifier (always first: the flows
-            score their samples with it): ``flows`` (ExpFlow, PoseFlow), ``image``
-            (VQGAN codebook, VQIG). Default: all.
+            score their samples with it): ``flows`` (ExpFlow, PoseFlow). Default: all.
     """
     stages = list(STAGES if stages is None else stages)
     unknown = sorted(set(stages) - set(STAGES))
