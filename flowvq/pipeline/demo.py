@@ -16,7 +16,7 @@ from typing import Any
 __all__ = ["CONFIG_DIR", "demo", "fit_stage"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-STAGES = ("flows",)
+STAGES = ("flows", "image")
 
 
 def _config(name: str) -> Path:
@@ -67,12 +67,39 @@ def fit_stage(name: str, data: Path, out: Path, extra: list[str] | None = None, 
     }
 
 
+def render_grid(checkpoint: Path, data: Path, out: Path, count: int = 8, split: str = "test") -> Path:
+    """PNG of VQIG frames: rows are source faces, target frames, and the VQIG's rendering of the
+    target's coefficients from the source face (fixed pairs of ``split``)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from flowvq.datamodules import FramePairDataModule
+    from flowvq.lightning_modules.vqig import VQIG
+
+    model = VQIG.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    datamodule = FramePairDataModule(data, batch_size=count, image_size=model.hparams.resolution)
+    datamodule.setup("test")
+    batch = next(iter(datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()))
+    rendered = [
+        model.render(source, exp[None], pose[None])[0]
+        for source, exp, pose in zip(batch["source"], batch["target_exp"], batch["target_pose"])
+    ]
+    rows = [batch["source"], batch["target"], torch.stack(rendered)]
+    grid = torch.cat([torch.cat(list(row.float().clamp(-1, 1)), dim=2) for row in rows], dim=1)  # (3, 3H, nW)
+    image = ((grid.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).resize((image.shape[1] * 2, image.shape[0] * 2), Image.NEAREST).save(out)
+    return out
+
+
 def demo(
     out: Path = Path("runs/demo"),
     data: Path = Path("data/synth"),
     seed: int = 0,
     fresh_data: bool = False,
     stages: list[str] | None = None,
+    image_epochs: int = 10,
 ) -> list[dict[str, Any]]:
     """Run the whole suite at CPU scale on SynthTalk and print where to look.
 
@@ -82,7 +109,10 @@ def demo(
         seed: seed of the synthetic dataset.
         fresh_data: rewrite the dataset even if one is there.
         stages: which groups to run after the emotion classifier (always first: the flows
-            score their samples with it): ``flows`` (ExpFlow, PoseFlow). Default: all.
+            score their samples with it): ``flows`` (ExpFlow, PoseFlow), ``image``
+            (VQGAN codebook, then VQIG on it; a few epochs each: the demo shows the path
+            works, real quality needs a GPU or hours). Default: all.
+        image_epochs: epochs of each image stage.
     """
     stages = list(STAGES if stages is None else stages)
     unknown = sorted(set(stages) - set(STAGES))
@@ -118,6 +148,21 @@ def demo(
         picture = plot_samples(Path(expflow["checkpoint"]), data, out / "expflow_samples.png", ["happy", "sad"])
         expflow["samples_png"] = str(picture)
         print(f"[demo] ExpFlow samples for two emotions: {picture}")
+
+    if "image" in stages:
+        vqgan = fit_stage("vqgan", data, out, ["--trainer.max_epochs", str(image_epochs)], test=False)
+        summary.append(vqgan)
+        vqig = fit_stage(
+            "vqig",
+            data,
+            out,
+            ["--model.init_args.codebook_checkpoint", vqgan["checkpoint"], "--trainer.max_epochs", str(image_epochs)],
+            test=False,
+        )
+        summary.append(vqig)
+        picture = render_grid(Path(vqig["checkpoint"]), data, out / "vqig_frames.png")
+        vqig["frames_png"] = str(picture)
+        print(f"[demo] VQIG frames of held-out speakers (rows: source, target, rendered): {picture}")
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
