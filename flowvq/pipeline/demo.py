@@ -99,7 +99,7 @@ def demo(
     seed: int = 0,
     fresh_data: bool = False,
     stages: list[str] | None = None,
-    image_epochs: int = 10,
+    image_epochs: int = 5,
 ) -> list[dict[str, Any]]:
     """Run the whole suite at CPU scale on SynthTalk and print where to look.
 
