@@ -394,3 +394,53 @@ def test_card_without_stats_is_refused(random_dataset: Path) -> None:
     card.stats = None
     with pytest.raises(DatasetError, match="no train statistics.*re-create"):
         Normalizer.from_card(card, random_dataset)
+
+
+# --------------------------------------------------------------------------- colour jitter
+
+
+def test_color_matrix_keeps_luma_and_round_trips() -> None:
+    from flowvq.datamodules.augment import _RGB_TO_YIQ, color_matrix
+
+    np.testing.assert_allclose(color_matrix(0.0, 1.0), np.eye(3), atol=1e-12)
+    rgb = np.random.default_rng(0).uniform(0, 1, size=(100, 3))
+    turned = rgb @ color_matrix(2.0, 0.7).T
+    np.testing.assert_allclose(turned @ _RGB_TO_YIQ[0], rgb @ _RGB_TO_YIQ[0], atol=1e-9)  # luma unchanged
+    np.testing.assert_allclose(turned @ color_matrix(-2.0, 1 / 0.7).T, rgb, atol=1e-9)  # inverse transform
+    assert np.abs(turned - rgb).max() > 0.1
+
+
+def test_color_jitter_shares_one_transform_and_is_seeded() -> None:
+    from flowvq.datamodules.augment import color_jitter
+
+    image = np.random.default_rng(1).integers(40, 215, size=(16, 16, 3), dtype=np.uint8)
+    a, b = color_jitter([image, image.copy()], np.random.default_rng(7), 1.0)
+    assert a.dtype == np.uint8 and a.shape == image.shape
+    np.testing.assert_array_equal(a, b)  # the frames of a sample share the transform
+    (again,) = color_jitter([image], np.random.default_rng(7), 1.0)
+    np.testing.assert_array_equal(again, a)
+    assert np.abs(a.astype(int) - image).max() > 10
+    (same,) = color_jitter([image], np.random.default_rng(7), 0.0)
+    np.testing.assert_array_equal(same, image)
+    with pytest.raises(ValueError, match="color_jitter strength=2"):
+        color_jitter([image], np.random.default_rng(0), 2.0)
+
+
+@pytest.mark.parametrize("module", ["frames", "pairs"])
+def test_color_jitter_only_in_training(random_dataset: Path, module: str) -> None:
+    def make(strength: float):
+        if module == "frames":
+            return FrameDataModule(random_dataset, batch_size=8, frames_per_clip=4, color_jitter=strength)
+        return FramePairDataModule(random_dataset, batch_size=4, pairs_per_clip=2, color_jitter=strength)
+
+    key = "image" if module == "frames" else "target"
+    plain, jittered = make(0.0), make(1.0)
+    for split in ("val", "test"):
+        for x, y in zip(plain.loader(split), jittered.loader(split)):
+            torch.testing.assert_close(x[key], y[key])
+    changed = [
+        (x[key] - y[key]).abs().amax().item() for x, y in zip(plain.loader("train"), jittered.loader("train"))
+    ]
+    assert changed and min(changed) > 0.1
+    with pytest.raises(ValueError, match="color_jitter=-0.5 must be in"):
+        make(-0.5)

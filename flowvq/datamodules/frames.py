@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from flowvq.data.schema import num_frames
+from flowvq.datamodules.augment import color_jitter
 from flowvq.datamodules.base import ClipDataModule, Normalizer, decode_frame, flip_landmarks, sample_rng
 
 __all__ = ["FrameDataModule", "FramePairDataModule", "FramePairSampler", "FrameSampler"]
@@ -51,10 +52,13 @@ class FrameSampler(_FrameReader):
     Arguments:
         count: frames per clip.
         flip: flip each training frame horizontally with probability 1/2.
+        jitter: strength of the random colour transform of each training frame
+            (see :func:`~flowvq.datamodules.augment.color_jitter`; 0 = off).
     """
 
     count: int = 1
     flip: bool = False
+    jitter: float = 0.0
 
     def __call__(self, record: dict, epoch: int) -> list[dict[str, Any]]:
         frames = num_frames(record)
@@ -71,6 +75,8 @@ class FrameSampler(_FrameReader):
             if flipped:
                 sample["image"] = np.ascontiguousarray(sample["image"][:, ::-1])
                 sample["landmarks"] = flip_landmarks(sample["landmarks"], self.image_size)
+            if self.jitter and rng is not None:
+                (sample["image"],) = color_jitter([sample["image"]], rng, self.jitter)
             sample["flipped"] = flipped
             samples.append(sample)
         return samples
@@ -78,9 +84,16 @@ class FrameSampler(_FrameReader):
 
 @dataclass
 class FramePairSampler(_FrameReader):
-    """``count`` (source, target) frame pairs of a clip, two different frames where the clip has them."""
+    """``count`` (source, target) frame pairs of a clip, two different frames where the clip has them.
+
+    Arguments:
+        count: pairs per clip.
+        jitter: strength of a random colour transform shared by the two frames of a training
+            pair (see :func:`~flowvq.datamodules.augment.color_jitter`; 0 = off).
+    """
 
     count: int = 1
+    jitter: float = 0.0
 
     def __call__(self, record: dict, epoch: int) -> list[dict[str, Any]]:
         frames = num_frames(record)
@@ -95,8 +108,16 @@ class FramePairSampler(_FrameReader):
                 frame = self.frame(record, index)
                 pair[role] = frame.pop("image")
                 pair.update({f"{role}_{key}": value for key, value in frame.items()})
+            if self.jitter and self.random:
+                pair["source"], pair["target"] = color_jitter([pair["source"], pair["target"]], rng, self.jitter)
             samples.append({**pair, **self.labels(record)})
         return samples
+
+
+def _check_jitter(who: str, strength: float) -> float:
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"{who}: color_jitter={strength} must be in [0, 1] (0 = off, 1 = any hue)")
+    return float(strength)
 
 
 class _FrameModule(ClipDataModule):
@@ -165,6 +186,9 @@ class FramePairDataModule(_FrameModule):
         image_size: resize the frames to this side (landmarks scaled to match); default the
             card's ``frame_size``.
         pairs_per_clip: pairs drawn from each clip per epoch (random for train, fixed for val/test).
+        color_jitter: strength in [0, 1] of a random colour transform (hue, saturation,
+            brightness) shared by both frames of a training pair; 0 = off. See
+            :mod:`flowvq.datamodules.augment`.
         seed, shuffle, eval_drop_last, pin_memory: see :class:`~flowvq.datamodules.base.ClipDataModule`.
     """
 
@@ -175,6 +199,7 @@ class FramePairDataModule(_FrameModule):
         num_workers: int = 0,
         image_size: int | None = None,
         pairs_per_clip: int = 1,
+        color_jitter: float = 0.0,
         seed: int = 0,
         shuffle: bool = True,
         eval_drop_last: bool | None = None,
@@ -185,10 +210,11 @@ class FramePairDataModule(_FrameModule):
             raise ValueError(f"FramePairDataModule: pairs_per_clip={pairs_per_clip} must be >= 1")
         self.pairs_per_clip = pairs_per_clip
         self.items_per_clip = pairs_per_clip
+        self.color_jitter = _check_jitter(type(self).__name__, color_jitter)
         self.save_hyperparameters()
 
     def make_sampler(self, split: str) -> FramePairSampler:
-        return FramePairSampler(**self._reader_args(split), count=self.pairs_per_clip)
+        return FramePairSampler(**self._reader_args(split), count=self.pairs_per_clip, jitter=self.color_jitter)
 
 
 class FrameDataModule(_FrameModule):
@@ -212,6 +238,9 @@ class FrameDataModule(_FrameModule):
         image_size: resize to this side (landmarks scaled to match); default the card's ``frame_size``.
         frames_per_clip: frames drawn from each clip per epoch (random for train, evenly spaced for val/test).
         flip: random horizontal flips of training frames.
+        color_jitter: strength in [0, 1] of a random colour transform (hue, saturation,
+            brightness) of each training frame; 0 = off. A codebook trained on few identities
+            needs it to reproduce the colours of unseen ones (see :mod:`flowvq.datamodules.augment`).
         seed, shuffle, eval_drop_last, pin_memory: see :class:`~flowvq.datamodules.base.ClipDataModule`.
     """
 
@@ -223,6 +252,7 @@ class FrameDataModule(_FrameModule):
         image_size: int | None = None,
         frames_per_clip: int = 4,
         flip: bool = False,
+        color_jitter: float = 0.0,
         seed: int = 0,
         shuffle: bool = True,
         eval_drop_last: bool | None = None,
@@ -234,7 +264,13 @@ class FrameDataModule(_FrameModule):
         self.frames_per_clip = frames_per_clip
         self.items_per_clip = frames_per_clip
         self.flip = flip
+        self.color_jitter = _check_jitter(type(self).__name__, color_jitter)
         self.save_hyperparameters()
 
     def make_sampler(self, split: str) -> FrameSampler:
-        return FrameSampler(**self._reader_args(split), count=self.frames_per_clip, flip=self.flip and split == "train")
+        return FrameSampler(
+            **self._reader_args(split),
+            count=self.frames_per_clip,
+            flip=self.flip and split == "train",
+            jitter=self.color_jitter if split == "train" else 0.0,
+        )
