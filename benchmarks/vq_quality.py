@@ -12,7 +12,8 @@ On the ``--split`` (default ``test``: SynthTalk's test speakers are never seen i
   coefficients against the target frame; F-LMD / M-LMD (68 points, mouth 48..67, each frame
   mean-centred, mean Euclidean distance in crop pixels) between FaceMesh landmarks detected on
   the rendered frame and the target's ground-truth landmarks, with the detection rate; the same
-  detector on the ground-truth frames gives the floor (``ground truth`` row);
+  detector on the ground-truth frames gives the floor (``ground truth`` row), and the source
+  frame itself scored as an output gives the bar to beat (``source copy`` row);
 - a PNG of mouth crops (target / each VQIG / codebook reconstruction) and one of whole frames.
 
 Writes ``benchmarks/results/vq_quality.{json,md}`` and ``vq_mouths.png``, ``vq_frames.png``.
@@ -32,6 +33,8 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+#: Row of the quality table that scores the unchanged source frame against the target.
+SOURCE_COPY = "source copy"
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -129,7 +132,7 @@ def evaluate_vqig(
     loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
     detector = Landmarks()
     scores: dict[str, dict[str, list]] = {
-        name: {"psnr": [], "ssim": [], "f": [], "m": []} for name in [*models, "ground truth"]
+        name: {"psnr": [], "ssim": [], "f": [], "m": []} for name in [*models, SOURCE_COPY, "ground truth"]
     }
     examples = None
     with torch.no_grad():
@@ -143,6 +146,9 @@ def evaluate_vqig(
                 outputs[name] = image
                 scores[name]["psnr"].append(psnr(image, batch["target"]))
                 scores[name]["ssim"].append(ssim(image, batch["target"]))
+            scores[SOURCE_COPY]["psnr"].append(psnr(batch["source"], batch["target"]))
+            scores[SOURCE_COPY]["ssim"].append(ssim(batch["source"], batch["target"]))
+            outputs[SOURCE_COPY] = batch["source"]
             outputs["ground truth"] = batch["target"]
             for name, image in outputs.items():
                 f, m = lmd(detector(to_uint8(image)), truth)
@@ -163,6 +169,7 @@ def evaluate_vqig(
         }
         if s["psnr"]:
             row.update(psnr=float(torch.cat(s["psnr"]).mean()), ssim=float(torch.cat(s["ssim"]).mean()))
+        if name in models:
             model = models[name]
             row.update(
                 {k: bool(model.hparams[k]) for k in ("use_warp", "use_fusion", "use_cross_attention", "use_codebook")}
@@ -172,7 +179,7 @@ def evaluate_vqig(
     if examples is not None:
         batch, outputs = examples
         count = min(8, batch["target"].shape[0])
-        names = [n for n in outputs if n != "ground truth"]
+        names = [n for n in outputs if n not in ("ground truth", SOURCE_COPY)]
         frame_rows = [batch["source"][:count], batch["target"][:count]] + [outputs[n][:count] for n in names]
         mouth_rows = [mouth_crops(batch["target"][:count], batch["target_landmarks"][:count])]
         mouth_rows += [mouth_crops(outputs[n][:count], batch["target_landmarks"][:count]) for n in names]
@@ -211,7 +218,8 @@ def markdown(result: dict[str, Any]) -> str:
             "## VQIG and ablations (target frame from source frame + target coefficients)",
             "",
             "F-LMD / M-LMD: FaceMesh landmarks of the rendered frame vs the target's ground truth (crop px); "
-            "the ground-truth row is the detector's own error on real frames (the floor).",
+            "the ground-truth row is the detector's own error on real frames (the floor). The source-copy row "
+            "scores the source frame itself as the output: the bar a generator must beat to have moved the face.",
             "",
             "| model | PSNR dB | SSIM | F-LMD | M-LMD | faces detected | training batches |",
             "|---|---|---|---|---|---|---|",
