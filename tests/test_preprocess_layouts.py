@@ -10,6 +10,7 @@ import pytest
 from flowvq.data.preprocess.layouts import (
     LayoutError,
     assign_splits,
+    check_unique_ids,
     scan_folder,
     scan_hdtf,
     scan_lrs3,
@@ -120,6 +121,10 @@ def test_folder_labels(tmp_path):
         ("anna_a", "anna", 5, 1),
         ("anna_b", "anna", 5, -1),
     ]
+    skipped: list[str] = []
+    with pytest.warns(UserWarning, match="1 of 3 videos .* have no row in .* e.g. 'solo.avi'"):
+        scan_folder(tmp_path / "v", labels, unlabelled=skipped)
+    assert skipped == ["solo.avi"]
     unlabelled = scan_folder(tmp_path / "v")
     assert [(s.clip_id, s.speaker, s.emotion) for s in unlabelled] == [
         ("anna_a", "anna", -1),
@@ -155,5 +160,49 @@ def test_shards_partition_the_clips(tmp_path):
     shards = [select_shard(list(reversed(specs)), 3, i) for i in range(3)]
     ids = [s.clip_id for shard in shards for s in shard]
     assert sorted(ids) == sorted(s.clip_id for s in specs) and len(set(ids)) == 7
-    with pytest.raises(ValueError, match="--shard-index 3 must be in 0..2"):
+    with pytest.raises(ValueError, match="--shard_index 3 must be in 0..2"):
         select_shard(specs, 3, 3)
+
+
+def test_two_videos_with_one_clip_id_stop_the_scan(tmp_path):
+    """a/b_c.mp4 and a_b/c.mp4 both make clip a_b_c: one would be lost, the other packed twice."""
+    touch(tmp_path / "a" / "b_c.mp4")
+    touch(tmp_path / "a_b" / "c.mp4")
+    touch(tmp_path / "d" / "e.mp4")
+    with pytest.raises(LayoutError, match=r"clip id 'a_b_c': '.*a/b_c.mp4' and '.*a_b/c.mp4'.*rename or move one"):
+        scan_folder(tmp_path)
+    hdtf = tmp_path / "hdtf"
+    touch(hdtf / "WDA_Anna_000.mp4")
+    touch(hdtf / "WDA_Anna_000.avi")  # same name, two containers
+    with pytest.raises(LayoutError, match="clip id 'WDA_Anna_000'"):
+        scan_hdtf(hdtf)
+    specs = [*scan_folder(tmp_path / "d"), *scan_folder(tmp_path / "d")]
+    with pytest.raises(LayoutError, match="clip id 'e'"):
+        check_unique_ids(specs)
+
+
+def test_hdtf_refuses_a_tree_that_is_not_hdtf(tmp_path):
+    """A MEAD tree given to the HDTF reader used to make one speaker '001' across every split."""
+    mead_speaker(tmp_path, "M003", [("angry", 1, "001"), ("happy", 1, "002")], views=("front",))
+    mead_speaker(tmp_path, "W011", [("angry", 1, "001")], views=("front",))
+    with pytest.raises(
+        LayoutError, match="not named like HDTF's .*This looks like a MEAD tree: use `flowvq preprocess mead`"
+    ):
+        scan_hdtf(tmp_path)
+    touch(tmp_path / "plain" / "interview.mp4")
+    with pytest.raises(LayoutError, match="'interview.mp4'.*flowvq preprocess folder"):
+        scan_hdtf(tmp_path / "plain")
+
+
+def test_too_few_speakers_for_a_val_split_warn():
+    with pytest.warns(UserWarning, match=r"no val split: val_fraction=0.1 of 2 speaker\(s\) \(a, b\)"):
+        split = assign_splits(["a", "b"], val_fraction=0.1)
+    assert set(split.values()) == {"train"}
+    with pytest.warns(UserWarning, match="no test split"):
+        assign_splits(["a", "b"], val_fraction=0.0, test_fraction=0.1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assign_splits(["a", "b", "c"], val_fraction=0.1)  # one val speaker: no warning
+        assign_splits(["a", "b"], val_fraction=0.0)  # none asked for

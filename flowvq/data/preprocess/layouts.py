@@ -12,6 +12,7 @@ import io
 import random
 import re
 import tarfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "LayoutError",
     "MediaRef",
     "assign_splits",
+    "check_unique_ids",
     "scan_folder",
     "scan_hdtf",
     "scan_lrs3",
@@ -76,6 +78,34 @@ class ClipSpec:
     intensity: int = -1
 
 
+def check_unique_ids(specs: Iterable[ClipSpec], hint: str = "rename one of them") -> list[ClipSpec]:
+    """Refuse two clips with one id (one would overwrite the other in the cache and the shards).
+
+    Raises:
+        LayoutError: naming the id and both files, and what to do (``hint``).
+    """
+    specs = list(specs)
+    seen: dict[str, ClipSpec] = {}
+    for spec in specs:
+        other = seen.setdefault(spec.clip_id, spec)
+        if other is not spec:
+            raise LayoutError(
+                f"two videos get the clip id {spec.clip_id!r}: {str(other.video)!r} and {str(spec.video)!r}; "
+                f"clip ids must be unique (each is a cache file and a record): {hint}"
+            )
+    return specs
+
+
+def _warn_empty(split: str, fraction: float, speakers: Sequence[str], how: str) -> None:
+    warnings.warn(
+        f"no {split} split: {split}_fraction={fraction} of {len(speakers)} speaker(s) "
+        f"({', '.join(speakers[:5]) or 'none'}{', ...' if len(speakers) > 5 else ''}) rounds to none "
+        f"(one is drawn from 3 speakers up); name the {split} speakers with {how}",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def assign_splits(
     speakers: Iterable[str],
     test_speakers: Sequence[str] = (),
@@ -101,9 +131,13 @@ def assign_splits(
         count = max(1 if len(rest) >= 3 else 0, int(round(test_fraction * len(rest))))
         test = set(rng.sample(rest, count))
         rest = [s for s in rest if s not in test]
+        if not test:
+            _warn_empty("test", test_fraction, rest, "--test_speakers (MEAD) or a split column in the labels CSV")
     if val_speakers is None:
         count = max(1 if len(rest) >= 3 else 0, int(round(val_fraction * len(rest))))
         val = set(rng.sample(rest, count))
+        if val_fraction > 0 and not val:
+            _warn_empty("val", val_fraction, rest, "--val_speakers (MEAD) or a split column in the labels CSV")
     else:
         val = set(val_speakers)
     return {s: "test" if s in test else "val" if s in val else "train" for s in speakers}
@@ -209,7 +243,7 @@ def scan_mead(
         raise LayoutError(
             f"no MEAD clips of view {view!r} under {str(root)!r} (views found: {sorted(views_seen) or 'none'})"
         )
-    return sorted(specs, key=lambda s: s.clip_id)
+    return sorted(check_unique_ids(specs, "keep one copy of the clip"), key=lambda s: s.clip_id)
 
 
 def scan_lrs3(
@@ -247,27 +281,48 @@ def scan_lrs3(
         if split != "test" and speaker in test_ids:
             continue  # an id in both test and trainval would leak a speaker across splits
         out.append(ClipSpec(f"{subset}_{speaker}_{path.stem}", speaker, split, MediaRef(str(path))))
-    return sorted(out, key=lambda s: s.clip_id)
+    return sorted(check_unique_ids(out, "keep one copy of the clip"), key=lambda s: s.clip_id)
 
 
 def _video_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
 
 
+#: HDTF video names: ``<source>_<Name>_<NNN>`` (WDA_BarackObama_000, RD_Radio11_001, WRA_...).
+_HDTF_NAME = re.compile(r"^(?P<speaker>[A-Za-z0-9]+_[^/]+?)_(?P<index>\d+)$")
+
+
 def scan_hdtf(root: str | Path, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> list[ClipSpec]:
     """HDTF: videos such as ``WDA_BarackObama_000.mp4`` anywhere under ``root``; the speaker is
-    the name without its trailing ``_NNN`` index; emotion unknown; speakers split at random."""
+    the name without its trailing ``_NNN`` index; emotion unknown; speakers split at random.
+
+    Raises:
+        LayoutError: if a video is not named ``<source>_<Name>_<NNN>`` (a MEAD tree or a plain
+            folder given to the HDTF reader would otherwise spread one "speaker" over every split).
+    """
     root = Path(root)
     files = _video_files(root) if root.is_dir() else []
     if not files:
         raise LayoutError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) under {str(root)!r}")
-    speaker_of = {p: re.sub(r"_\d+$", "", p.stem) for p in files}
+    odd = [p for p in files if not _HDTF_NAME.match(p.stem)]
+    if odd:
+        mead = any((d / "video").is_dir() or (d / "video.tar").is_file() for d in root.iterdir() if d.is_dir())
+        raise LayoutError(
+            f"{len(odd)} of {len(files)} videos under {str(root)!r} are not named like HDTF's "
+            f"<source>_<Name>_<NNN> (e.g. WDA_BarackObama_000.mp4), e.g. {str(odd[0].relative_to(root))!r}. "
+            + (
+                "This looks like a MEAD tree: use `flowvq preprocess mead`"
+                if mead
+                else "For other videos use `flowvq preprocess folder` (speaker = folder name, or a labels CSV)"
+            )
+        )
+    speaker_of = {p: _HDTF_NAME.match(p.stem)["speaker"] for p in files}
     split_of = assign_splits(speaker_of.values(), (), None, val_fraction, test_fraction, seed)
     specs = [
         ClipSpec(p.relative_to(root).with_suffix("").as_posix().replace("/", "_"), s, split_of[s], MediaRef(str(p)))
         for p, s in speaker_of.items()
     ]
-    return sorted(specs, key=lambda s: s.clip_id)
+    return sorted(check_unique_ids(specs, "rename or move one of them"), key=lambda s: s.clip_id)
 
 
 def scan_folder(
@@ -276,13 +331,17 @@ def scan_folder(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
+    unlabelled: list[str] | None = None,
 ) -> list[ClipSpec]:
     """Every video under ``root``, labelled by an optional CSV.
 
     The CSV has a header with ``path`` (relative to ``root``) and any of ``speaker``,
     ``emotion`` (a name or index), ``intensity`` (0..2), ``split``, ``audio`` (a separate
     audio file, relative to ``root``). Without a speaker the clip's folder name is used (its
-    file name for videos directly in ``root``); videos missing from a given CSV are skipped.
+    file name for videos directly in ``root``); videos missing from a given CSV are skipped,
+    with a warning, and appended to ``unlabelled`` (paths relative to ``root``) when given.
+    The clip id is the relative path without suffix, ``/`` replaced by ``_``; two videos
+    that give one id are refused (:func:`check_unique_ids`).
     """
     root = Path(root)
     files = _video_files(root) if root.is_dir() else []
@@ -303,6 +362,16 @@ def scan_folder(
             raise LayoutError(
                 f"{len(missing)} paths of {str(labels)!r} are not under {str(root)!r}, e.g. {missing[0]!r}"
             )
+        skipped = [p.relative_to(root).as_posix() for p in files if p.relative_to(root).as_posix() not in rows]
+        if skipped:
+            warnings.warn(
+                f"{len(skipped)} of {len(files)} videos under {str(root)!r} have no row in {str(labels)!r} and "
+                f"are skipped, e.g. {skipped[0]!r}; add rows for them to include them",
+                UserWarning,
+                stacklevel=2,
+            )
+            if unlabelled is not None:
+                unlabelled.extend(skipped)
         files = [p for p in files if p.relative_to(root).as_posix() in rows]
     entries = []
     for path in files:
@@ -332,7 +401,11 @@ def scan_folder(
                 f"{split!r}; splits are by speaker, fix the split column"
             )
     undecided = [e[1] for e in entries if e[1] not in split_of_speaker]
-    split_of_speaker.update(assign_splits(undecided, (), None, val_fraction, test_fraction, seed))
+    if undecided:
+        given = set(split_of_speaker.values())  # a split the CSV fills is not drawn as well
+        val = 0.0 if "val" in given else val_fraction
+        test = 0.0 if "test" in given else test_fraction
+        split_of_speaker.update(assign_splits(undecided, (), None, val, test, seed))
     specs = [
         ClipSpec(
             Path(rel).with_suffix("").as_posix().replace("/", "_"),
@@ -345,4 +418,5 @@ def scan_folder(
         )
         for rel, speaker, emotion, intensity, _, path, audio in entries
     ]
-    return sorted(specs, key=lambda s: s.clip_id)
+    hint = "rename or move one of them (ids are the relative path with / replaced by _, without the suffix)"
+    return sorted(check_unique_ids(specs, hint), key=lambda s: s.clip_id)

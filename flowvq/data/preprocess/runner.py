@@ -63,7 +63,7 @@ class RunSummary:
 def select_shard(specs: Sequence[ClipSpec], num_shards: int = 1, shard_index: int = 0) -> list[ClipSpec]:
     """Every ``num_shards``-th clip (sorted by id) from ``shard_index``: the same on every machine."""
     if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(f"--shard-index {shard_index} must be in 0..{num_shards - 1} (--num-shards {num_shards})")
+        raise ValueError(f"--shard_index {shard_index} must be in 0..{num_shards - 1} (--num_shards {num_shards})")
     ordered = sorted(specs, key=lambda s: s.clip_id)
     return ordered[shard_index::num_shards]
 
