@@ -206,6 +206,7 @@ def import_deep3d(
         seed=seed,
         progress=progress,
         coefficients=matched,
+        load_coefficients=load_coefficients,
         coefficient_source="deep3dfacerecon",
         extra={"source": "deep3dfacerecon", "coeffs": str(coeffs), "videos": str(videos)},
     )

@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "MediaError",
+    "NoAudioError",
     "Source",
     "VideoInfo",
     "iter_frames",
@@ -32,6 +33,10 @@ __all__ = [
 
 class MediaError(ValueError):
     """A media file that cannot be read (missing, corrupt, no video or audio stream)."""
+
+
+class NoAudioError(MediaError):
+    """A readable media file without an audio stream."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,7 @@ def read_audio(path: Source, sample_rate: int = 16000) -> np.ndarray:
     container = _open(path)
     try:
         if not container.streams.audio:
-            raise MediaError(
+            raise NoAudioError(
                 f"{_name(path)!r} has no audio stream; give the separate audio file (e.g. MEAD's .m4a) or a video with sound"
             )
         stream = container.streams.audio[0]

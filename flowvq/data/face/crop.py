@@ -13,7 +13,14 @@ from scipy.ndimage import gaussian_filter1d
 
 from flowvq.data.face.ibug68 import to_ibug68
 
-__all__ = ["crop_transforms", "ffhq_quads", "normalise_to_crop", "transform_points", "warp_crop"]
+__all__ = [
+    "crop_transforms",
+    "ffhq_quads",
+    "normalise_to_crop",
+    "to_clip_frame",
+    "transform_points",
+    "warp_crop",
+]
 
 
 def ffhq_quads(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,3 +107,26 @@ def normalise_to_crop(points: np.ndarray, size: int) -> np.ndarray:
     out = np.asarray(points, dtype=np.float64) / (size / 2)
     out[..., :2] -= 1.0
     return out
+
+
+def to_clip_frame(landmarks: np.ndarray, crop: np.ndarray, size: int) -> np.ndarray:
+    """Crop-pixel landmarks ``(T, N, 3)`` -> the clip's fixed, unrotated reference frame, in crop units.
+
+    Each frame's crop similarity ``crop`` ``(T, 2, 3)`` is undone (back to video pixels), then
+    one frame for the whole clip is applied: centred on the mean of the per-frame FFHQ quads,
+    scaled by their mean half-side, axes along the image's. So a pose fitted to the result is
+    the head's pose in the camera frame (roll from the image vertical, whatever the crop did),
+    with translation and scale in units comparable across clips (the crop's: -1..1 across a
+    face-sized square). Does not depend on the crop's smoothing.
+    """
+    crop = np.asarray(crop, dtype=np.float64)
+    points = np.asarray(landmarks, dtype=np.float64)
+    inverse = np.linalg.inv(crop[:, :, :2])  # (T, 2, 2)
+    frame = np.empty_like(points)
+    frame[..., :2] = np.einsum("tij,tnj->tni", inverse, points[..., :2] - crop[:, None, :, 2])
+    scale = np.sqrt(np.abs(np.linalg.det(crop[:, :, :2])))  # (T,) crop pixels per video pixel
+    frame[..., 2] = points[..., 2] / scale[:, None]
+    centre, half = ffhq_quads(frame)
+    centre, side = centre.mean(0), float(np.linalg.norm(half, axis=1).mean())
+    frame[..., :2] -= centre
+    return frame / side

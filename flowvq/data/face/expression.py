@@ -34,7 +34,7 @@ class ExpressionBasis:
             raise ValueError(
                 f"exp_dim={exp_dim} needs at least {exp_dim} train frames and {exp_dim} coordinates; "
                 f"the train split has {flat.shape[0]} frames of {flat.shape[1]} coordinates. "
-                "Lower --exp-dim or add train clips"
+                "Lower --exp_dim or add train clips"
             )
         centre = flat.mean(0)
         _, sv, vt = np.linalg.svd(flat - centre, full_matrices=False)

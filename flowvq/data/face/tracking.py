@@ -26,8 +26,9 @@ class FaceTracker:
         static_image_mode: detect on every frame instead of tracking (slower; for photos).
         min_detection_confidence, min_tracking_confidence: FaceMesh thresholds.
 
-    Use one tracker per clip (tracking state carries over between frames), as a context
-    manager so mediapipe's graph is closed.
+    Tracking state carries over between frames: call :meth:`reset` before each new clip (a
+    reset tracker gives exactly what a new one would, without the start-up cost). Use it as
+    a context manager so mediapipe's graph is closed.
     """
 
     def __init__(
@@ -56,6 +57,10 @@ class FaceTracker:
 
     def close(self) -> None:
         self._mesh.close()
+
+    def reset(self) -> None:
+        """Forget the previous frames (start of a new clip)."""
+        self._mesh.reset()
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         """Landmarks of one RGB uint8 frame, float32 ``(N, 3)`` in pixels (z scaled like x); NaN if no face."""

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flowvq.data.card import AudioFeatures, DatasetCard
+from flowvq.data.card import CARD_NAME, AudioFeatures, DatasetCard, DatasetError
+from flowvq.data.face.quality import QualityGate
 from flowvq.data.preprocess.extract import ExtractConfig
 from flowvq.data.preprocess.layouts import (
     MEAD_TEST_SPEAKERS,
@@ -25,10 +26,11 @@ from flowvq.data.preprocess.layouts import (
     scan_mead,
 )
 from flowvq.data.preprocess.merge import merge_cache
-from flowvq.data.preprocess.runner import RunSummary, run_extraction
+from flowvq.data.preprocess.runner import Loader, RunSummary, run_extraction
 
 __all__ = [
     "extract_config",
+    "quality_gate",
     "preprocess_folder",
     "preprocess_hdtf",
     "preprocess_lrs3",
@@ -56,14 +58,38 @@ def run_preprocess(
     seed: int = 0,
     progress: bool = True,
     coefficients: dict[str, str] | None = None,
+    load_coefficients: Loader | None = None,
     coefficient_source: str = "mediapipe-pca",
     extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    quality: QualityGate | None = None,
+    unlabelled: Sequence[str] = (),
 ) -> DatasetCard | RunSummary:
     """Extract (unless ``merge``), then merge (when ``merge``, or when the run is not sharded
     and nothing was left by ``limit``). Returns the card, or the extraction summary when
-    no merge ran."""
+    no merge ran.
+
+    A finished dataset in ``out`` (its ``dataset.json`` exists) is left alone and its card
+    returned, unless ``overwrite`` (extract what is missing, then pack again) or ``merge``
+    (pack again from the cache).
+    """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"--out {str(out)!r} is a file: give a folder (new, or a dataset made by flowvq)")
+    if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
+        raise DatasetError(f"--cache {str(cache)!r} is a file: give a folder")
     cache = Path(cache) if cache is not None else out / "cache"
+    if (out / CARD_NAME).is_file() and not (overwrite or merge):
+        card = DatasetCard.load(out)
+        print(
+            f"{name}: {str(out)!r} is a finished dataset ({card.splits} clips); left as it is. "
+            "Pass --overwrite true to extract new clips and pack it again, or --merge true to pack it again"
+        )
+        return card
+    extra = dict(extra or {})
+    if unlabelled:
+        print(f"{name}: {len(unlabelled)} videos have no row in the labels CSV and are skipped, e.g. {unlabelled[0]!r}")
+        extra["videos_without_labels"] = len(unlabelled)
     summary = None
     if not merge:
         summary = run_extraction(
@@ -76,6 +102,7 @@ def run_preprocess(
             retry_failed=retry_failed,
             limit=limit,
             coefficients=coefficients,
+            load_coefficients=load_coefficients,
             progress=progress,
             settings={"coefficient_source": coefficient_source},
         )
@@ -92,8 +119,8 @@ def run_preprocess(
         coefficient_source=coefficient_source,
         exp_dim=exp_dim,
         seed=seed,
-        num_workers=max(1, workers),
         allow_missing=allow_missing,
+        quality=quality,
         extra=extra,
     )
     print(f"{name}: wrote {card.splits} clips to {out} (E={card.exp_dim}, frames {card.frame_size or 'none'})")
@@ -107,6 +134,7 @@ def extract_config(
     max_gap: int = 5,
     refine_landmarks: bool = True,
     n_mels: int = 80,
+    max_trim: float = 2.0,
 ) -> ExtractConfig:
     """The extraction settings the commands expose."""
     return ExtractConfig(
@@ -114,9 +142,17 @@ def extract_config(
         frames=frames,
         crop_smoothing=crop_smoothing,
         max_gap=max_gap,
+        max_trim=max_trim,
         refine_landmarks=refine_landmarks,
         audio=AudioFeatures(n_mels=n_mels),
     )
+
+
+def quality_gate(
+    min_detected: float = 0.8, min_confirmed: float = 0.5, min_ordered: float = 0.95, max_shape_error: float = 0.25
+) -> QualityGate:
+    """The face-quality thresholds the commands expose."""
+    return QualityGate(min_detected, min_confirmed, min_ordered, max_shape_error)
 
 
 def preprocess_mead(
@@ -144,6 +180,12 @@ def preprocess_mead(
     allow_missing: bool = False,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
+    max_trim: float = 2.0,
+    min_detected: float = 0.8,
+    min_confirmed: float = 0.5,
+    min_ordered: float = 0.95,
+    max_shape_error: float = 0.25,
 ) -> DatasetCard | RunSummary:
     """Preprocess MEAD into clip shards (mediapipe landmarks, Procrustes pose, PCA expression).
 
@@ -176,13 +218,26 @@ def preprocess_mead(
         allow_missing: merge even if some clips were neither extracted nor failed.
         seed: for the val speaker draw and the shard shuffle.
         progress: show progress bars.
+        overwrite: pack a finished dataset in out again (after extracting clips not yet in the
+            cache); without it (or --merge true) a finished dataset is left as it is.
+        max_trim: leading and trailing frames without a face are cut, up to this many seconds
+            at each end (recorded in the cache as trim); longer runs reject the clip.
+        min_detected: quality gate: least fraction of frames where FaceMesh finds the face.
+        min_confirmed: quality gate: least fraction of sampled frames where mediapipe's face
+            detector confirms an upright face on the mesh (rejects upside-down and non-faces).
+        min_ordered: quality gate: least fraction of frames whose landmarks are in a face's order
+            (brows, eyes, nose, mouth, chin from top to bottom).
+        max_shape_error: quality gate: largest median distance of the 68 landmarks from the
+            train mean face after alignment, in mean-face radii. Clips failing the gate are not
+            packed and go to failures.jsonl with their figures (no new extraction is needed to
+            change the thresholds: rerun with --merge true).
     """
     specs = scan_mead(root, view, test_speakers, val_speakers, speakers=speakers, emotions=emotions, seed=seed)
     return run_preprocess(
         specs,
         out,
         f"mead-{view}",
-        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
+        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels, max_trim),
         workers=workers,
         exp_dim=exp_dim,
         num_shards=num_shards,
@@ -194,6 +249,8 @@ def preprocess_mead(
         allow_missing=allow_missing,
         seed=seed,
         progress=progress,
+        overwrite=overwrite,
+        quality=quality_gate(min_detected, min_confirmed, min_ordered, max_shape_error),
         extra={"source": "MEAD", "root": str(root), "view": view},
     )
 
@@ -220,6 +277,12 @@ def preprocess_lrs3(
     allow_missing: bool = False,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
+    max_trim: float = 2.0,
+    min_detected: float = 0.8,
+    min_confirmed: float = 0.5,
+    min_ordered: float = 0.95,
+    max_shape_error: float = 0.25,
 ) -> DatasetCard | RunSummary:
     """Preprocess LRS3 (``{pretrain,trainval,test}/<id>/<clip>.mp4``) into clip shards; emotion unknown.
 
@@ -245,13 +308,26 @@ def preprocess_lrs3(
         allow_missing: merge even if some clips were neither extracted nor failed.
         seed: for the val draw and the shard shuffle.
         progress: show progress bars.
+        overwrite: pack a finished dataset in out again (after extracting clips not yet in the
+            cache); without it (or --merge true) a finished dataset is left as it is.
+        max_trim: leading and trailing frames without a face are cut, up to this many seconds
+            at each end (recorded in the cache as trim); longer runs reject the clip.
+        min_detected: quality gate: least fraction of frames where FaceMesh finds the face.
+        min_confirmed: quality gate: least fraction of sampled frames where mediapipe's face
+            detector confirms an upright face on the mesh (rejects upside-down and non-faces).
+        min_ordered: quality gate: least fraction of frames whose landmarks are in a face's order
+            (brows, eyes, nose, mouth, chin from top to bottom).
+        max_shape_error: quality gate: largest median distance of the 68 landmarks from the
+            train mean face after alignment, in mean-face radii. Clips failing the gate are not
+            packed and go to failures.jsonl with their figures (no new extraction is needed to
+            change the thresholds: rerun with --merge true).
     """
     specs = scan_lrs3(root, subsets, val_fraction, seed)
     return run_preprocess(
         specs,
         out,
         "lrs3",
-        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
+        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels, max_trim),
         workers=workers,
         exp_dim=exp_dim,
         num_shards=num_shards,
@@ -263,6 +339,8 @@ def preprocess_lrs3(
         allow_missing=allow_missing,
         seed=seed,
         progress=progress,
+        overwrite=overwrite,
+        quality=quality_gate(min_detected, min_confirmed, min_ordered, max_shape_error),
         extra={"source": "LRS3", "root": str(root), "subsets": list(subsets)},
     )
 
@@ -289,6 +367,12 @@ def preprocess_hdtf(
     allow_missing: bool = False,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
+    max_trim: float = 2.0,
+    min_detected: float = 0.8,
+    min_confirmed: float = 0.5,
+    min_ordered: float = 0.95,
+    max_shape_error: float = 0.25,
 ) -> DatasetCard | RunSummary:
     """Preprocess HDTF (videos named like ``WDA_BarackObama_000.mp4``) into clip shards; emotion unknown.
 
@@ -314,13 +398,26 @@ def preprocess_hdtf(
         allow_missing: merge even if some clips were neither extracted nor failed.
         seed: for the split draw and the shard shuffle.
         progress: show progress bars.
+        overwrite: pack a finished dataset in out again (after extracting clips not yet in the
+            cache); without it (or --merge true) a finished dataset is left as it is.
+        max_trim: leading and trailing frames without a face are cut, up to this many seconds
+            at each end (recorded in the cache as trim); longer runs reject the clip.
+        min_detected: quality gate: least fraction of frames where FaceMesh finds the face.
+        min_confirmed: quality gate: least fraction of sampled frames where mediapipe's face
+            detector confirms an upright face on the mesh (rejects upside-down and non-faces).
+        min_ordered: quality gate: least fraction of frames whose landmarks are in a face's order
+            (brows, eyes, nose, mouth, chin from top to bottom).
+        max_shape_error: quality gate: largest median distance of the 68 landmarks from the
+            train mean face after alignment, in mean-face radii. Clips failing the gate are not
+            packed and go to failures.jsonl with their figures (no new extraction is needed to
+            change the thresholds: rerun with --merge true).
     """
     specs = scan_hdtf(root, val_fraction, test_fraction, seed)
     return run_preprocess(
         specs,
         out,
         "hdtf",
-        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
+        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels, max_trim),
         workers=workers,
         exp_dim=exp_dim,
         num_shards=num_shards,
@@ -332,6 +429,8 @@ def preprocess_hdtf(
         allow_missing=allow_missing,
         seed=seed,
         progress=progress,
+        overwrite=overwrite,
+        quality=quality_gate(min_detected, min_confirmed, min_ordered, max_shape_error),
         extra={"source": "HDTF", "root": str(root)},
     )
 
@@ -360,6 +459,12 @@ def preprocess_folder(
     allow_missing: bool = False,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
+    max_trim: float = 2.0,
+    min_detected: float = 0.8,
+    min_confirmed: float = 0.5,
+    min_ordered: float = 0.95,
+    max_shape_error: float = 0.25,
 ) -> DatasetCard | RunSummary:
     """Preprocess every video under a folder into clip shards, labelled by an optional CSV.
 
@@ -370,7 +475,11 @@ def preprocess_folder(
     Args:
         root: folder of videos (searched recursively).
         out: dataset root to write.
-        labels: optional labels CSV.
+        labels: optional labels CSV with a header row. Columns: path (the video, relative to
+            root; required), speaker (default: the video's folder name), emotion (neutral, angry,
+            contempt, disgusted, fear, happy, sad, surprised, or 0..7), intensity (0..2), split
+            (train, val or test; by speaker), audio (a separate audio file, relative to root).
+            Videos without a row are skipped and counted.
         name: dataset name for the card.
         val_fraction: fraction of speakers for val (where the CSV gives no split).
         test_fraction: fraction of speakers for test (where the CSV gives no split).
@@ -391,13 +500,27 @@ def preprocess_folder(
         allow_missing: merge even if some clips were neither extracted nor failed.
         seed: for the split draw and the shard shuffle.
         progress: show progress bars.
+        overwrite: pack a finished dataset in out again (after extracting clips not yet in the
+            cache); without it (or --merge true) a finished dataset is left as it is.
+        max_trim: leading and trailing frames without a face are cut, up to this many seconds
+            at each end (recorded in the cache as trim); longer runs reject the clip.
+        min_detected: quality gate: least fraction of frames where FaceMesh finds the face.
+        min_confirmed: quality gate: least fraction of sampled frames where mediapipe's face
+            detector confirms an upright face on the mesh (rejects upside-down and non-faces).
+        min_ordered: quality gate: least fraction of frames whose landmarks are in a face's order
+            (brows, eyes, nose, mouth, chin from top to bottom).
+        max_shape_error: quality gate: largest median distance of the 68 landmarks from the
+            train mean face after alignment, in mean-face radii. Clips failing the gate are not
+            packed and go to failures.jsonl with their figures (no new extraction is needed to
+            change the thresholds: rerun with --merge true).
     """
-    specs = scan_folder(root, labels, val_fraction, test_fraction, seed)
+    unlabelled: list[str] = []
+    specs = scan_folder(root, labels, val_fraction, test_fraction, seed, unlabelled=unlabelled)
     return run_preprocess(
         specs,
         out,
         name,
-        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels),
+        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels, max_trim),
         workers=workers,
         exp_dim=exp_dim,
         num_shards=num_shards,
@@ -409,5 +532,8 @@ def preprocess_folder(
         allow_missing=allow_missing,
         seed=seed,
         progress=progress,
+        overwrite=overwrite,
+        unlabelled=unlabelled,
+        quality=quality_gate(min_detected, min_confirmed, min_ordered, max_shape_error),
         extra={"source": "folder", "root": str(root), "labels": str(labels) if labels else None},
     )

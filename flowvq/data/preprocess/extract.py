@@ -1,9 +1,11 @@
 """Step 1 of preprocessing: one clip -> a cached file of everything that does not need the whole dataset.
 
 Per clip: decode at 25 fps, audio at 16 kHz mono (from the separate audio file or the
-video's sound), FaceMesh landmarks on every frame, short gaps interpolated and long ones
-rejected, the smoothed FFHQ-style crop, landmarks in crop pixels, log-mel features and
-JPEG crops. The PCA basis and the pose reference need the whole train split, so they are
+video's sound), FaceMesh landmarks on every frame, leading and trailing frames without a
+face trimmed (within ``max_trim`` seconds), short gaps interpolated and long ones rejected,
+the smoothed FFHQ-style crop, landmarks in crop pixels, log-mel features, JPEG crops, and
+the face-quality figures of :mod:`flowvq.data.face.quality` (the gate itself is applied at
+merge, so its thresholds can change without extracting again). The PCA basis and the pose reference need the whole train split, so they are
 fitted later (:mod:`flowvq.data.preprocess.merge`) from the cached landmarks.
 
 A cache holds ``clips/<clip_id>.npz`` (done) and ``failed/<clip_id>.json`` (the reason),
@@ -33,13 +35,16 @@ from flowvq.data.face import (
     transform_points,
     warp_crop,
 )
+from flowvq.data.face.crop import ffhq_quads
+from flowvq.data.face.quality import FaceDetector, detector_agrees, landmark_order
 from flowvq.data.preprocess.layouts import ClipSpec
 from flowvq.data.schema import pack_frames
-from flowvq.data.video import MediaError, iter_frames, read_audio
+from flowvq.data.video import MediaError, NoAudioError, iter_frames, read_audio
 
 __all__ = [
     "ClipError",
     "ExtractConfig",
+    "FaceModels",
     "cache_paths",
     "check_settings",
     "extract_clip",
@@ -69,6 +74,9 @@ class ExtractConfig:
         crop_smoothing: Gaussian sigma in frames for the crop track; None: one crop per clip.
         refine_landmarks: FaceMesh iris refinement (478 landmarks instead of 468).
         max_gap: longest run of frames without a face that is interpolated.
+        max_trim: leading and trailing runs of frames without a face (longer than
+            ``max_gap``) are cut, up to this many seconds each; the trim is recorded.
+        quality_samples: frames per clip checked by the face detector (the ``confirmed`` figure).
         min_frames: shorter clips are rejected.
         max_audio_shortfall: audio shorter than the video by more than this fraction is rejected.
         jpeg_quality: JPEG quality of the crops.
@@ -84,6 +92,8 @@ class ExtractConfig:
     crop_smoothing: float | None = 12.5
     refine_landmarks: bool = True
     max_gap: int = 5
+    max_trim: float = 2.0
+    quality_samples: int = 12
     min_frames: int = 8
     max_audio_shortfall: float = 0.1
     jpeg_quality: int = 90
@@ -178,7 +188,83 @@ def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return data.tobytes()
 
 
-def extract_clip(spec: ClipSpec, config: ExtractConfig, coefficients: dict[str, np.ndarray] | None = None) -> dict:
+class FaceModels:
+    """The FaceMesh tracker and the face detector, made once per process and reused for every
+    clip (the tracker is reset between clips, which gives what a new one would).
+
+    Arguments:
+        refine_landmarks: FaceMesh iris refinement.
+    """
+
+    def __init__(self, refine_landmarks: bool = True) -> None:
+        self.refine_landmarks = refine_landmarks
+        self.tracker = FaceTracker(refine_landmarks=refine_landmarks)
+        self.detector = FaceDetector()
+
+    def close(self) -> None:
+        self.tracker.close()
+        self.detector.close()
+
+    def __enter__(self) -> FaceModels:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+#: Side of the aligned crops the face detector checks (its full-range input size).
+CHECK_SIZE = 192
+
+
+class _Samples:
+    """Evenly spaced aligned crops of the frames with a face, at most ``2 * count`` kept at a time."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self.step = max(1, count), 1
+        self.kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # frame -> (crop, iBUG-68 in the crop)
+
+    def offer(self, index: int, frame: np.ndarray, landmarks: np.ndarray) -> None:
+        if index % self.step or np.isnan(landmarks).any():
+            return
+        matrix = crop_transforms(landmarks[None], CHECK_SIZE, smoothing=0)
+        ibug = transform_points(matrix, to_ibug68(landmarks[None, :, :2]))[0]
+        self.kept[index] = (warp_crop(frame, matrix[0], CHECK_SIZE), ibug)
+        if len(self.kept) > 2 * self.count:
+            self.step *= 2
+            self.kept = {k: v for k, v in self.kept.items() if k % self.step == 0}
+
+    def pick(self, start: int, stop: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        inside = sorted(k for k in self.kept if start <= k < stop)
+        if len(inside) > self.count:
+            inside = [inside[i] for i in np.linspace(0, len(inside) - 1, self.count).round().astype(int)]
+        return [self.kept[k] for k in inside]
+
+
+def _trim(missing: np.ndarray, config: ExtractConfig, video: object) -> tuple[int, int]:
+    """First and one-past-last frame to keep: leading/trailing faceless runs longer than ``max_gap`` cut."""
+    count, limit = len(missing), int(round(config.max_trim * config.fps))
+    if missing.all():
+        raise ClipError("no_face", f"{video}: no face detected in any of the {count} frames")
+    first = int(np.argmax(~missing))
+    last = count - int(np.argmax(~missing[::-1]))
+    start = first if first > config.max_gap else 0
+    stop = last if count - last > config.max_gap else count
+    for frames, where in ((start, "first"), (count - stop, "last")):
+        if frames > limit:
+            raise ClipError(
+                "no_face",
+                f"{video}: no face in the {where} {frames} frames ({frames / config.fps:.1f} s), more than "
+                f"max_trim={config.max_trim} s; the face enters late or leaves early: cut the video",
+            )
+    return start, stop
+
+
+def extract_clip(
+    spec: ClipSpec,
+    config: ExtractConfig,
+    coefficients: dict[str, np.ndarray] | None = None,
+    models: FaceModels | None = None,
+) -> dict:
     """Everything per clip, as arrays for :func:`write_cached`.
 
     Arguments:
@@ -186,19 +272,26 @@ def extract_clip(spec: ClipSpec, config: ExtractConfig, coefficients: dict[str, 
         config: extraction settings.
         coefficients: optional ``exp`` ``[T', E]`` and ``pose`` ``[T', P]`` from another source
             (Deep3DFaceRecon); the clip is cut to the shorter of video and coefficients.
+        models: the tracker and detector to reuse (made for this clip when ``None``).
 
     Returns:
-        ``meta`` (JSON: ids, labels, counts), ``landmarks`` float32 ``[T, N, 3]`` in crop pixels
-        (z scaled like x), ``ibug68`` float32 ``[T, 68, 2]`` in crop pixels, ``crop`` float64
-        ``[T, 2, 3]`` (frame -> crop pixels), ``audio`` int16 ``[T * 640]``, ``mel``
-        float32 ``[T, K, M]``, ``frames`` uint8 blob and ``frame_offsets`` int64, and ``exp`` /
-        ``pose`` when ``coefficients`` are given.
+        ``meta`` (JSON: ids, labels, counts, the trim ``[start, stop)`` in source frames and
+        the quality figures ``detected``, ``ordered``, ``confirmed``), ``landmarks`` float32
+        ``[T, N, 3]`` in crop pixels (z scaled like x), ``ibug68`` float32 ``[T, 68, 2]`` in crop
+        pixels, ``crop`` float64 ``[T, 2, 3]`` (frame -> crop pixels), ``audio`` int16
+        ``[T * 640]``, ``mel`` float32 ``[T, K, M]``, ``frames`` uint8 blob and ``frame_offsets``
+        int64, and ``exp`` / ``pose`` when ``coefficients`` are given.
 
     Raises:
-        ClipError: with ``kind`` one of ``unreadable``, ``too_short``, ``no_face``,
+        ClipError: with ``kind`` one of ``unreadable``, ``no_audio``, ``too_short``, ``no_face``,
             ``short_audio``, ``length_mismatch``.
     """
+    if models is None or models.refine_landmarks != config.refine_landmarks:
+        with FaceModels(config.refine_landmarks) as own:
+            return extract_clip(spec, config, coefficients, own)
     kept: list[np.ndarray] | None = [] if config.frames else None
+    samples = _Samples(config.quality_samples)
+    models.tracker.reset()
 
     def decoded() -> Iterator[np.ndarray]:
         """The frames, kept for the crops while they fit in the memory budget."""
@@ -213,14 +306,19 @@ def extract_clip(spec: ClipSpec, config: ExtractConfig, coefficients: dict[str, 
                     kept = None  # too long: decode again for the crops
             yield frame
 
+    tracked = []
+    width = 0
     try:
-        with FaceTracker(refine_landmarks=config.refine_landmarks) as tracker:
-            raw = tracker.track(decoded())  # (T, N, 3) frame pixels
+        for index, frame in enumerate(decoded()):
+            width = frame.shape[1]
+            tracked.append(models.tracker(frame))
+            samples.offer(index, frame, tracked[-1])
     except MediaError as error:
         raise ClipError("unreadable", str(error)) from error
-    except ValueError as error:  # np.stack of no frames
-        raise ClipError("unreadable", f"{spec.video}: no frames decoded ({error})") from error
-    count = len(raw)
+    if not tracked:
+        raise ClipError("unreadable", f"{spec.video}: no frames decoded")
+    raw = np.stack(tracked)  # (T, N, 3) frame pixels
+    count = source_frames = len(raw)
     if coefficients is not None:
         have = len(coefficients["exp"])
         if abs(have - count) > max(2, 0.05 * count):
@@ -231,6 +329,10 @@ def extract_clip(spec: ClipSpec, config: ExtractConfig, coefficients: dict[str, 
             )
         count = min(count, have)
         raw = raw[:count]
+    missing = np.isnan(raw).reshape(count, -1).any(1)  # (T,)
+    start, stop = _trim(missing, config, spec.video)
+    raw, missing = raw[start:stop], missing[start:stop]
+    count = stop - start
     if count < config.min_frames:
         raise ClipError("too_short", f"{spec.video}: {count} frames, fewer than min_frames={config.min_frames}")
 
@@ -238,8 +340,11 @@ def extract_clip(spec: ClipSpec, config: ExtractConfig, coefficients: dict[str, 
     source = spec.audio if spec.audio is not None else spec.video
     try:
         waveform = read_audio(source.open(), config.audio.sample_rate)
+    except NoAudioError as error:
+        raise ClipError("no_audio", str(error)) from error
     except MediaError as error:
         raise ClipError("unreadable", str(error)) from error
+    waveform = waveform[start * step :]
     need = count * step
     if len(waveform) < (1 - config.max_audio_shortfall) * need:
         raise ClipError(
@@ -255,6 +360,7 @@ def extract_clip(spec: ClipSpec, config: ExtractConfig, coefficients: dict[str, 
         raise ClipError("no_face", f"{spec.video}: {error}") from error
     crop = crop_transforms(landmarks, config.size, config.crop_smoothing)  # (T, 2, 3)
     in_crop = transform_points(crop, landmarks).astype(np.float32)  # (T, N, 3) crop pixels
+    ibug = to_ibug68(in_crop[..., :2]).astype(np.float32)
 
     blob, offsets = b"", np.zeros(0, dtype=np.int64)
     if config.frames:
@@ -262,15 +368,18 @@ def extract_clip(spec: ClipSpec, config: ExtractConfig, coefficients: dict[str, 
         frames = kept if kept is not None else iter_frames(spec.video.open(), config.fps)
         try:
             for index, frame in enumerate(frames):
-                if index >= count:
+                if index >= stop:
                     break
-                jpegs.append(_encode_jpeg(warp_crop(frame, crop[index], config.size), config.jpeg_quality))
+                if index >= start:
+                    jpegs.append(_encode_jpeg(warp_crop(frame, crop[index - start], config.size), config.jpeg_quality))
         except MediaError as error:
             raise ClipError("unreadable", str(error)) from error
         if len(jpegs) != count:
             raise ClipError("unreadable", f"{spec.video}: second decode gave {len(jpegs)} frames, the first {count}")
         blob, offsets = pack_frames(jpegs)
 
+    checks = [detector_agrees(models.detector(image), points) for image, points in samples.pick(start, stop)]
+    _, half = ffhq_quads(landmarks[~missing] if (~missing).any() else landmarks)
     meta = {
         "clip_id": spec.clip_id,
         "speaker": spec.speaker,
@@ -280,12 +389,18 @@ def extract_clip(spec: ClipSpec, config: ExtractConfig, coefficients: dict[str, 
         "video": str(spec.video),
         "audio": str(source),
         "num_frames": int(count),
-        "detected": float(1.0 - np.isnan(raw).reshape(count, -1).any(1).mean()),
+        "source_frames": int(source_frames),
+        "trim": [int(start), int(stop)],
+        "detected": float(1.0 - missing.mean()),
+        "ordered": float(landmark_order(ibug).mean()),
+        "confirmed": float(np.mean(checks)) if checks else 0.0,
+        "checked": len(checks),
+        "face_width": float(np.median(2 * np.linalg.norm(half, axis=1)) / max(1, width)),
     }
     out = {
         "meta": np.array(json.dumps(meta)),
         "landmarks": in_crop,
-        "ibug68": to_ibug68(in_crop[..., :2]).astype(np.float32),
+        "ibug68": ibug,
         "crop": crop,
         "audio": to_int16(waveform),
         "mel": log_mel(waveform, count, config.audio, config.fps),
@@ -293,6 +408,6 @@ def extract_clip(spec: ClipSpec, config: ExtractConfig, coefficients: dict[str, 
         "frame_offsets": offsets,
     }
     if coefficients is not None:
-        out["exp"] = np.asarray(coefficients["exp"][:count], dtype=np.float32)
-        out["pose"] = np.asarray(coefficients["pose"][:count], dtype=np.float32)
+        out["exp"] = np.asarray(coefficients["exp"][start:stop], dtype=np.float32)
+        out["pose"] = np.asarray(coefficients["pose"][start:stop], dtype=np.float32)
     return out

@@ -119,7 +119,8 @@ def assign_splits(
     Arguments:
         test_speakers: always test.
         val_speakers: always val; ``None`` draws ``val_fraction`` of the remaining speakers
-            (at least one when three or more remain) with ``seed``.
+            (at least one when three or more remain, none when the fraction is 0) with ``seed``;
+            a fraction above 0 that draws nobody is warned about.
         test_fraction: when ``test_speakers`` is empty, this fraction of speakers is drawn
             for test the same way.
     """
@@ -134,7 +135,7 @@ def assign_splits(
         if not test:
             _warn_empty("test", test_fraction, rest, "--test_speakers (MEAD) or a split column in the labels CSV")
     if val_speakers is None:
-        count = max(1 if len(rest) >= 3 else 0, int(round(val_fraction * len(rest))))
+        count = max(1 if len(rest) >= 3 else 0, int(round(val_fraction * len(rest)))) if val_fraction > 0 else 0
         val = set(rng.sample(rest, count))
         if val_fraction > 0 and not val:
             _warn_empty("val", val_fraction, rest, "--val_speakers (MEAD) or a split column in the labels CSV")

@@ -3,6 +3,10 @@
 Nothing is lost on a crash: every clip is cached atomically as soon as it is done, a re-run
 skips done clips (and, unless asked, clips that already failed), and every failure is kept
 with its reason. The run never stops on a bad clip; it ends with a summary.
+
+Worker processes are started once and keep their FaceMesh and face detector for every clip
+they extract. They leave Ctrl-C to the main process (which ends them and says how to
+resume), and they end quietly when the main process dies.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,7 @@ from tqdm.auto import tqdm
 from flowvq.data.preprocess.extract import (
     ClipError,
     ExtractConfig,
+    FaceModels,
     cache_paths,
     check_settings,
     extract_clip,
@@ -68,16 +75,16 @@ def select_shard(specs: Sequence[ClipSpec], num_shards: int = 1, shard_index: in
     return ordered[shard_index::num_shards]
 
 
-def _work(task: tuple[ClipSpec, ExtractConfig, str, str | None]) -> tuple[str, str | None, str]:
-    """Extract and cache one clip; a failure is recorded, never raised (returns id, reason, message)."""
-    spec, config, cache, coefficients = task
-    try:
-        loaded = None
-        if coefficients is not None:
-            from flowvq.data.deep3d import load_coefficients
+Loader = Callable[[str], dict]  # coefficient file -> {"exp": [T, E], "pose": [T, P]}
+Task = tuple[ClipSpec, ExtractConfig, str, str | None, Loader | None]
 
-            loaded = load_coefficients(coefficients)
-        result = extract_clip(spec, config, loaded)
+
+def _work(task: Task, models: FaceModels) -> tuple[str, str | None, str]:
+    """Extract and cache one clip; a failure is recorded, never raised (returns id, reason, message)."""
+    spec, config, cache, coefficients, load = task
+    try:
+        loaded = load(coefficients) if coefficients is not None and load is not None else None
+        result = extract_clip(spec, config, loaded, models)
         write_cached(cache, spec.clip_id, result)
         cache_paths(cache, spec.clip_id)[1].unlink(missing_ok=True)  # a retried clip is no longer failed
         return spec.clip_id, None, ""
@@ -91,9 +98,40 @@ def _work(task: tuple[ClipSpec, ExtractConfig, str, str | None]) -> tuple[str, s
         return spec.clip_id, "error", message
 
 
-def _init_worker() -> None:
+#: A worker process's face models, made once by :func:`_init_worker`.
+_worker_models: FaceModels | None = None
+_parent: int | None = None
+
+
+def _init_worker(refine_landmarks: bool = True) -> None:
+    global _worker_models, _parent
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.getLogger("absl").setLevel(logging.ERROR)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    _parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == _parent:
+            time.sleep(0.2)
+        os._exit(0)  # the main process is gone: nobody will read a result
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    _worker_models = FaceModels(refine_landmarks)
+
+
+def _pool_work(task: Task) -> tuple[str, str | None, str]:
+    result = _work(task, _worker_models)
+    if os.getppid() != _parent:
+        os._exit(0)
+    return result
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated(signal.Signals(signum).name)
 
 
 def run_extraction(
@@ -106,6 +144,7 @@ def run_extraction(
     retry_failed: bool = False,
     limit: int | None = None,
     coefficients: dict[str, str] | None = None,
+    load_coefficients: Loader | None = None,
     progress: bool = True,
     settings: dict[str, Any] | None = None,
 ) -> RunSummary:
@@ -118,6 +157,7 @@ def run_extraction(
         retry_failed: try clips again that failed in an earlier run.
         limit: extract at most this many clips in this run (the rest stay for a later run).
         coefficients: clip id -> coefficient file, for imports (:mod:`flowvq.data.deep3d`).
+        load_coefficients: reads one coefficient file (a picklable function).
         settings: extra settings that must match across runs on the same cache.
     """
     started = time.perf_counter()
@@ -137,7 +177,7 @@ def run_extraction(
     if limit is not None:
         summary.left = max(0, len(todo) - limit)
         todo = todo[:limit]
-    tasks = [(s, config, str(cache), (coefficients or {}).get(s.clip_id)) for s in todo]
+    tasks = [(s, config, str(cache), (coefficients or {}).get(s.clip_id), load_coefficients) for s in todo]
     reasons: Counter[str] = Counter()
     bar = tqdm(
         total=len(tasks), desc=f"extract shard {shard_index + 1}/{num_shards}", unit="clip", disable=not progress
@@ -154,14 +194,37 @@ def run_extraction(
         bar.update(1)
         bar.set_postfix(failed=summary.failed)
 
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            account(_work(task))
-    else:
-        context = multiprocessing.get_context("spawn")  # mediapipe's graph does not survive fork
-        with context.Pool(min(workers, len(tasks)), initializer=_init_worker, maxtasksperchild=200) as pool:
-            for result in pool.imap_unordered(_work, tasks):
-                account(result)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        if not tasks:
+            pass
+        elif workers <= 1 or len(tasks) <= 1:
+            with FaceModels(config.refine_landmarks) as models:
+                for task in tasks:
+                    account(_work(task, models))
+        else:
+            context = multiprocessing.get_context("spawn")  # mediapipe's graph does not survive fork
+            pool = context.Pool(
+                min(workers, len(tasks)),
+                initializer=_init_worker,
+                initargs=(config.refine_landmarks,),
+                maxtasksperchild=500,
+            )
+            with pool:  # leaving it (also by Ctrl-C or SIGTERM) ends the workers
+                for result in pool.imap_unordered(_pool_work, tasks):
+                    account(result)
+    except (KeyboardInterrupt, _Terminated) as error:
+        bar.close()
+        what = "interrupted" if isinstance(error, KeyboardInterrupt) else f"stopped by {error}"
+        print(
+            f"{what}: {summary.extracted + summary.done_before} of {summary.total} clips of this shard are "
+            f"extracted in {str(cache)!r}; run the same command again to go on from there"
+        )
+        raise SystemExit(130 if isinstance(error, KeyboardInterrupt) else 143) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     bar.close()
     if summary.failed or summary.failed_before:
         collect_failures(cache)
@@ -170,10 +233,11 @@ def run_extraction(
     return summary
 
 
-def collect_failures(cache: str | Path, out: str | Path | None = None) -> Path:
-    """Gather every ``failed/*.json`` into ``failures.jsonl`` (in ``out``, default the cache)."""
+def collect_failures(cache: str | Path, out: str | Path | None = None, extra: Sequence[dict[str, Any]] = ()) -> Path:
+    """Gather every ``failed/*.json`` (and ``extra`` entries, e.g. the quality gate's) into
+    ``failures.jsonl`` (in ``out``, default the cache)."""
     cache = Path(cache)
-    entries = [read_failure(p) for p in sorted((cache / "failed").glob("*.json"))]
+    entries = [read_failure(p) for p in sorted((cache / "failed").glob("*.json"))] + list(extra)
     path = Path(out or cache) / "failures.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
