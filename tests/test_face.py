@@ -166,3 +166,28 @@ def test_expression_basis_round_trip():
         ExpressionBasis.fit(offsets, neutral["a"], neutral, exp_dim=300)
     with pytest.raises(KeyError, match="speaker 'c' has no neutral shape"):
         basis.encode(shapes, "c")
+
+
+def test_small_face_in_a_large_frame():
+    """A face about 5% of a 1280 x 720 frame's width (HDTF-like): FaceMesh alone finds nothing;
+    the full-range detector finds it and FaceMesh on the region around it gives the landmarks
+    of the same face seen large, scaled and shifted."""
+    import cv2
+
+    near = moving_face(known_motion(6, seed=1), 320)
+    side, corner = 120, np.array([640, 240])
+    frames = np.full((len(near), 720, 1280, 3), 90, dtype=np.uint8)
+    frames[:, corner[1] : corner[1] + side, corner[0] : corner[0] + side] = [
+        cv2.resize(frame, (side, side), interpolation=cv2.INTER_AREA) for frame in near
+    ]
+    with FaceTracker(find_small_faces=False) as tracker:
+        assert np.isnan(tracker.track(frames)).all()
+    with FaceTracker() as tracker:
+        expected = to_ibug68(tracker.track(near)[..., :2]) * side / 320 + corner
+        tracker.reset()
+        found = tracker.track(frames)
+        widths = tracker.small_face_widths
+    assert np.isfinite(found).all()
+    error = np.abs(to_ibug68(found[..., :2]) - expected).mean()
+    assert error < 1.0, f"{error:.2f} px from the large view's landmarks (eye distance about 35 px)"
+    assert len(widths) == 1 and 0.03 < widths[0] < 0.08  # found once, then followed

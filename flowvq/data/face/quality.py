@@ -27,63 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from flowvq.data.face.detection import Detection
 from flowvq.data.face.ibug68 import IBUG68_FROM_FACEMESH
 
-__all__ = ["Detection", "FaceDetector", "QualityGate", "detector_agrees", "landmark_order", "shape_error"]
-
-
-@dataclass(frozen=True)
-class Detection:
-    """A face found by :class:`FaceDetector`: score, box ``(x0, y0, x1, y1)`` and six keypoints
-    ``(6, 2)`` in pixels (image-left eye, image-right eye, nose tip, mouth centre, two ears)."""
-
-    score: float
-    box: np.ndarray
-    keypoints: np.ndarray
-
-
-class FaceDetector:
-    """mediapipe's full-range face detector (finds faces down to a few percent of the image width).
-
-    Arguments:
-        min_confidence: detection score threshold.
-
-    Use as a context manager so that mediapipe's graph is closed.
-    """
-
-    def __init__(self, min_confidence: float = 0.5) -> None:
-        import mediapipe as mp  # heavy import, only where faces are detected
-
-        self._detector = mp.solutions.face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=min_confidence
-        )
-
-    def __enter__(self) -> FaceDetector:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._detector.close()
-
-    def __call__(self, image: np.ndarray) -> list[Detection]:
-        """Faces in one RGB uint8 image, best first."""
-        height, width = image.shape[:2]
-        result = self._detector.process(np.ascontiguousarray(image))
-        found = []
-        for detection in result.detections or []:
-            box = detection.location_data.relative_bounding_box
-            corners = np.array([box.xmin, box.ymin, box.xmin + box.width, box.ymin + box.height])
-            keypoints = np.array([(k.x, k.y) for k in detection.location_data.relative_keypoints])
-            found.append(
-                Detection(
-                    float(detection.score[0]),
-                    corners * [width, height, width, height],
-                    keypoints * [width, height],
-                )
-            )
-        return sorted(found, key=lambda d: -d.score)
+__all__ = ["QualityGate", "detector_agrees", "landmark_order", "shape_error"]
 
 
 def detector_agrees(detections: list[Detection], ibug68: np.ndarray, tolerance: float = 0.35) -> bool:

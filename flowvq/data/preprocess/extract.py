@@ -36,7 +36,8 @@ from flowvq.data.face import (
     warp_crop,
 )
 from flowvq.data.face.crop import ffhq_quads
-from flowvq.data.face.quality import FaceDetector, detector_agrees, landmark_order
+from flowvq.data.face.detection import FaceDetector
+from flowvq.data.face.quality import detector_agrees, landmark_order
 from flowvq.data.preprocess.layouts import ClipSpec
 from flowvq.data.schema import pack_frames
 from flowvq.data.video import MediaError, NoAudioError, iter_frames, read_audio
@@ -240,11 +241,21 @@ class _Samples:
         return [self.kept[k] for k in inside]
 
 
-def _trim(missing: np.ndarray, config: ExtractConfig, video: object) -> tuple[int, int]:
+def _size_hint(widths: list[float]) -> str:
+    """What the face detector saw, for a no-face message."""
+    if widths:
+        return (
+            f"; the face detector found a face {100 * float(np.median(widths)):.1f}% of the frame width "
+            f"{len(widths)} time(s), but FaceMesh could not follow it there"
+        )
+    return "; neither FaceMesh nor the full-range face detector found one (faces under about 3% of the frame width are missed)"
+
+
+def _trim(missing: np.ndarray, config: ExtractConfig, video: object, hint: str = "") -> tuple[int, int]:
     """First and one-past-last frame to keep: leading/trailing faceless runs longer than ``max_gap`` cut."""
     count, limit = len(missing), int(round(config.max_trim * config.fps))
     if missing.all():
-        raise ClipError("no_face", f"{video}: no face detected in any of the {count} frames")
+        raise ClipError("no_face", f"{video}: no face detected in any of the {count} frames{hint}")
     first = int(np.argmax(~missing))
     last = count - int(np.argmax(~missing[::-1]))
     start = first if first > config.max_gap else 0
@@ -330,7 +341,7 @@ def extract_clip(
         count = min(count, have)
         raw = raw[:count]
     missing = np.isnan(raw).reshape(count, -1).any(1)  # (T,)
-    start, stop = _trim(missing, config, spec.video)
+    start, stop = _trim(missing, config, spec.video, _size_hint(models.tracker.small_face_widths))
     raw, missing = raw[start:stop], missing[start:stop]
     count = stop - start
     if count < config.min_frames:
@@ -357,7 +368,8 @@ def extract_clip(
     try:
         landmarks = fill_gaps(raw, config.max_gap)
     except GapError as error:
-        raise ClipError("no_face", f"{spec.video}: {error}") from error
+        hint = _size_hint(models.tracker.small_face_widths) if models.tracker.small_face_widths else ""
+        raise ClipError("no_face", f"{spec.video}: {error}{hint}") from error
     crop = crop_transforms(landmarks, config.size, config.crop_smoothing)  # (T, 2, 3)
     in_crop = transform_points(crop, landmarks).astype(np.float32)  # (T, N, 3) crop pixels
     ibug = to_ibug68(in_crop[..., :2]).astype(np.float32)
