@@ -67,6 +67,18 @@ def _lightning_cli_class() -> type:
             config = self.config[self.subcommand] if self.subcommand else self.config
             fill_from_card(config)
 
+        def instantiate_trainer(self, **kwargs: Any) -> Any:
+            trainer = super().instantiate_trainer(**kwargs)
+            if self.subcommand == "predict":
+                from lightning.pytorch.callbacks import BasePredictionWriter
+
+                from flowvq.callbacks import PredictionWriter
+
+                if not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
+                    # `flowvq predict` writes files: <log_dir>/predictions unless a writer is configured
+                    trainer.callbacks.append(PredictionWriter())
+            return trainer
+
     return FlowvqCLI
 
 

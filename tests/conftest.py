@@ -89,6 +89,7 @@ def write_random_dataset(
     pose_dim: int = 6,
     clip_frames: dict[str, list[int]] | None = None,
     seed: int = 0,
+    exp_names: list[str] | None = None,
 ) -> DatasetCard:
     """Write a small random dataset (speakers split by split) with the real shard writer."""
     clip_frames = clip_frames or RANDOM_CLIP_FRAMES
@@ -117,6 +118,7 @@ def write_random_dataset(
         coefficient_source="synthetic",
         frame_size=frame_size,
         speakers={split: RANDOM_SPEAKERS[split] for split in clip_frames},
+        exp_names=list(exp_names or []),
     )
     # librosa loads and compiles lazily on its first call (seconds); pay that once here rather
     # than in each split's forked litdata worker
@@ -143,6 +145,17 @@ def make_random_dataset(tmp_path_factory: pytest.TempPathFactory) -> Callable[..
 def random_dataset(make_random_dataset: Callable[..., Path]) -> Path:
     """Root of a small random dataset: 5 speakers, 12/4/4 clips, E=16, P=6, 64 px JPEG frames."""
     return make_random_dataset("random_dataset")
+
+
+#: Expression dim names of :func:`named_random_dataset` (PoseFlow models "blink", ExpFlow scores "jaw_open").
+NAMED_EXP = ["jaw_open", "blink"] + [f"exp{i}" for i in range(2, 16)]
+
+
+@pytest.fixture(scope="session")
+def named_random_dataset(make_random_dataset: Callable[..., Path]) -> Path:
+    """:func:`random_dataset` whose card names its 16 expression dims (``NAMED_EXP``), so every tiny
+    config (PoseFlow's blink included) trains on it."""
+    return make_random_dataset("named_random_dataset", exp_names=NAMED_EXP)
 
 
 @pytest.fixture(scope="session")

@@ -122,9 +122,6 @@ def test_gradients_reach_every_parameter(name):
     lp.mean().backward()
     no_grad = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     zero = [n for n, p in net.named_parameters() if p.grad is not None and p.grad.abs().sum() == 0]
-    if name == "gaussian_permutation":  # a standard Gaussian ignores components and intensity
-        zero = [n for n in zero if n != "level_logits"]
-        no_grad = [n for n in no_grad if n != "level_logits"]
     assert not no_grad and not zero, (no_grad, zero)
 
 

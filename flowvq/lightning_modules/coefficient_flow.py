@@ -31,10 +31,12 @@ import torch
 from einops import rearrange, repeat
 from lightning.pytorch import LightningModule
 from torch import Tensor
+from torchmetrics import MeanMetric
 
 from flowvq.data.card import DatasetCard, DatasetError
 from flowvq.data.schema import EMOTIONS, emotion_index
 from flowvq.lightning_modules.common import check_module_against_data, tensorboard
+from flowvq.lightning_modules.schedules import cosine_schedule
 from flowvq.metrics.diversity import SampleDiversity
 from flowvq.metrics.lipsync import LipSyncCorrelation
 from flowvq.nn.flows import CoefficientFlowNet
@@ -84,7 +86,7 @@ class CoefficientFlow(LightningModule):
         prior_init_spread: std of the random initial component locations.
         output_clip: bound of generated frames in normalised units (train-set stds).
         history_noise: std of the noise on the previous frames in training.
-        lr, weight_decay: AdamW, cosine decay over ``max_epochs``.
+        lr, weight_decay: AdamW, cosine decay to 5% over the run (``max_steps`` or ``max_epochs``).
         init_from: a checkpoint whose network weights start this training (PoseFlow:
             pretrained on LRS3, fine-tuned on MEAD).
         emotion_classifier: an ``EmotionClassifier`` checkpoint scoring samples at validation.
@@ -177,9 +179,9 @@ class CoefficientFlow(LightningModule):
         self.val_diversity = SampleDiversity()
         self.val_lipsync = LipSyncCorrelation()
         self.val_lipsync_truth = LipSyncCorrelation()
+        # a torchmetrics mean: reduced over DDP ranks before it is logged
+        self.val_emotion_accuracy = MeanMetric()
         self._classifier: Any = None
-        self._val_correct = 0
-        self._val_scored = 0
         self._embeddings: list[tuple[Tensor, Tensor]] = []
         self._trajectories: tuple[Tensor, Tensor, Tensor] | None = None
 
@@ -242,7 +244,9 @@ class CoefficientFlow(LightningModule):
                     f"init_from={path!r} was trained with {key}={theirs[key]!r}, this model has "
                     f"{key}={self.hparams[key]!r}: fine-tune with the pretraining's architecture"
                 )
-        weights = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        weights = _drop_legacy_keys(
+            {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}, self.net
+        )
         ours = self.net.state_dict()
         wrong = {
             k: (tuple(v.shape), tuple(ours[k].shape))
@@ -309,11 +313,52 @@ class CoefficientFlow(LightningModule):
             return
         self.log("test/nll", self.nll(batch), batch_size=batch["mel"].shape[0], sync_dist=True)
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """``val_samples`` sequences per window, in the dataset's units, beside the ground truth.
+
+        Each item becomes ``<clip_id>_f<start>.npz`` under the prediction folder
+        (:class:`~flowvq.callbacks.PredictionWriter`): ``samples [N, W, D]``, ``truth [W, D]``,
+        ``mask [W]``, the emotion sampled (the window's label; PoseFlow: none) and ``names``.
+        """
+        if batch["mel"].shape[0] == 0:
+            return []
+        x, prev = self.select(batch)
+        n = max(int(self.hparams.val_samples), 1)
+        component = self._components(batch)
+        comp = None if component is None else component.repeat_interleave(n)
+        level = batch["intensity"].repeat_interleave(n) if comp is not None else None
+        prev_r = None if prev is None else prev.float().repeat_interleave(n, 0)
+        prev_mask = None if "prev_mask" not in batch else batch["prev_mask"].repeat_interleave(n, 0)
+        mel = repeat(batch["mel"].float(), "b t c m -> (b n) t c m", n=n)
+        with torch.autocast(self.device.type, enabled=False):
+            samples = self.net.sample(mel, comp, level, self.hparams.val_temperature, prev=prev_r, prev_mask=prev_mask)
+        samples = rearrange(self.denormalize(samples), "(b n) t d -> b n t d", n=n)
+        truth = self.denormalize(x.float())
+        names = self._dim_names()
+        items = []
+        for i, clip in enumerate(batch["clip_id"]):
+            label = int(batch["emotion"][i])
+            items.append(
+                {
+                    "name": f"{clip}_f{int(batch['start'][i]):05d}",
+                    "samples": samples[i].cpu().numpy(),
+                    "truth": truth[i].cpu().numpy(),
+                    "mask": batch["mask"][i].cpu().numpy(),
+                    "emotion": EMOTIONS[label] if component is not None and 0 <= label < len(EMOTIONS) else "",
+                    "names": names,
+                }
+            )
+        return items
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        epochs = max(int(getattr(self.trainer, "max_epochs", None) or 1), 1) if self._trainer else 1
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=self.hparams.lr * 0.05)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": cosine_schedule(self, optimizer, final_fraction=0.05)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        legacy = _drop_legacy_keys({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}, self.net)
+        for key in [k for k in state if k.startswith("net.") and k[len("net.") :] not in legacy]:
+            del state[key]
 
     # -- sampling, encoding, transfer ------------------------------------------------------
 
@@ -475,8 +520,8 @@ class CoefficientFlow(LightningModule):
                 probs = classifier.predict_proba(flat, mask=mask.repeat_interleave(n, 0))
                 labels = batch["emotion"].repeat_interleave(n).to(probs.device)
                 known = labels >= 0
-                self._val_correct += int((probs.argmax(-1) == labels)[known].sum())
-                self._val_scored += int(known.sum())
+                if known.any():
+                    self.val_emotion_accuracy.update((probs.argmax(-1) == labels)[known].float())
         if first:
             keep = min(b, 4)
             self._trajectories = (samples[:keep].cpu(), x[:keep].float().cpu(), batch["emotion"][:keep].cpu())
@@ -514,9 +559,10 @@ class CoefficientFlow(LightningModule):
         self.val_diversity.reset()
         self.val_lipsync.reset()
         self.val_lipsync_truth.reset()
-        if self._val_scored:
-            self.log("val/emotion_accuracy_samples", self._val_correct / self._val_scored)
-        self._val_correct = self._val_scored = 0
+        if self.hparams.field == "exp" and self.hparams.emotion_classifier:
+            # every rank logs (a collective); a rank with no labelled window adds nothing
+            self.log("val/emotion_accuracy_samples", self.val_emotion_accuracy.compute())
+        self.val_emotion_accuracy.reset()
         writer = tensorboard(self)
         if writer is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             if self._trajectories is not None:
@@ -562,6 +608,13 @@ class CoefficientFlow(LightningModule):
             if len(names) == self.features:
                 return names
         return [f"{self.hparams.field}[{d}]" for d in range(self.features)]
+
+
+def _drop_legacy_keys(weights: dict[str, Tensor], net: CoefficientFlowNet) -> dict[str, Tensor]:
+    """Drop intensity factors that checkpoints before PoseFlow stopped building them still hold."""
+    if net.level_logits is None:
+        weights = {k: v for k, v in weights.items() if k != "level_logits"}
+    return weights
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from flowvq.data.schema import EMOTIONS, INTENSITY_LEVELS
 from flowvq.lightning_modules.common import check_module_against_data, confusion_figure, tensorboard
+from flowvq.lightning_modules.schedules import cosine_schedule
 from flowvq.nn.temporal import TemporalConvEncoder
 
 __all__ = ["EmotionClassifier"]
@@ -38,7 +39,7 @@ class EmotionClassifier(LightningModule):
         input_noise, amplitude_jitter: train-time augmentation: Gaussian noise (in units of
             the train std) and a random per-window gain on the expression, so generated
             coefficients, which are never exactly like real ones, are still scored well.
-        lr, weight_decay: AdamW with cosine decay over the trainer's ``max_epochs``.
+        lr, weight_decay: AdamW with cosine decay to 2% over the run (``max_steps`` or ``max_epochs``).
     """
 
     def __init__(
@@ -146,6 +147,26 @@ class EmotionClassifier(LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Emotion probabilities of each window: ``<clip_id>_f<start>.npz`` under the prediction
+        folder (:class:`~flowvq.callbacks.PredictionWriter`) with ``probabilities [C]``,
+        ``predicted`` and ``label`` (emotion names; ``label`` is empty where unknown)."""
+        pose = batch.get("pose") if self.hparams.use_pose else None
+        probabilities = self.predict_proba(batch["exp"], pose, batch.get("mask")).cpu()
+        names = self.emotion_names
+        items = []
+        for i, clip in enumerate(batch["clip_id"]):
+            label = int(batch["emotion"][i])
+            items.append(
+                {
+                    "name": f"{clip}_f{int(batch['start'][i]):05d}",
+                    "probabilities": probabilities[i].numpy(),
+                    "predicted": names[int(probabilities[i].argmax())],
+                    "label": names[label] if 0 <= label < len(names) else "",
+                }
+            )
+        return items
+
     def _log_confusion(self, split: str) -> None:
         confusion = getattr(self, f"{split}_confusion")
         matrix = confusion.compute().cpu().numpy()
@@ -163,7 +184,4 @@ class EmotionClassifier(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        epochs = self.trainer.max_epochs if self._trainer is not None else None
-        epochs = epochs if epochs and epochs > 0 else 100
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=self.hparams.lr * 0.02)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": cosine_schedule(self, optimizer, final_fraction=0.02)}

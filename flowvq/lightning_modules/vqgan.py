@@ -7,6 +7,12 @@ discriminator. Batches are :class:`flowvq.datamodules.FrameDataModule`'s (``imag
 in [-1, 1]). Logs reconstructions, PSNR and codebook usage (perplexity, fraction of entries in
 use) over each validation epoch.
 
+Under DDP the module synchronises its own gradients (:mod:`~flowvq.lightning_modules.gradient_sync`):
+each backward pass leaves the other network out and the discriminator does not train before
+``disc_start``, so DDP's reducer, which expects every parameter in every backward, is turned
+off and each optimizer's gradients are averaged over the ranks exactly once, just before its
+step. A two-rank step equals a one-process step on the same global batch (tested).
+
 Note: with two optimizers stepping, Lightning's ``global_step`` counts optimizer steps (two per
 batch once the discriminator trains); ``disc_start`` here counts training batches
 (``self.train_batches``, saved in checkpoints).
@@ -22,11 +28,12 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from flowvq.lightning_modules.gradient_sync import average_gradients, own_gradient_sync
 from flowvq.nn.quantizer import codebook_usage
 from flowvq.nn.vq_autoencoder import VQAutoencoder
 from flowvq.nn.vq_losses import VQLoss
 
-__all__ = ["VQGAN", "image_grid", "psnr"]
+__all__ = ["VQGAN", "frame_items", "image_grid", "psnr"]
 
 #: Hyperparameters that fix the autoencoder's architecture; a VQIG must agree on them.
 ARCHITECTURE_KEYS = (
@@ -52,6 +59,19 @@ def image_grid(rows: list[Tensor], max_images: int = 8) -> Tensor:
     """Stack rows of image batches (B, 3, H, W) in [-1, 1] into one (3, R*H, N*W) image in [0, 1]."""
     rows = [r[:max_images].detach().float().clamp(-1, 1).add(1).div(2).cpu() for r in rows]
     return torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)
+
+
+def frame_items(batch: dict, panels: list[Tensor], scores: Tensor) -> list[dict]:
+    """Prediction items of a frame batch: one PNG per frame of ``panels`` side by side
+    (each (B, 3, H, W) in [-1, 1]), named ``<clip_id>_f<frame>``, with its PSNR."""
+    strip = torch.cat([p.detach().float().clamp(-1, 1) for p in panels], dim=-1)  # (B, 3, H, k*W)
+    pixels = strip.add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    frames = batch.get("frame", batch.get("target_frame"))
+    items = []
+    for i, clip in enumerate(batch.get("clip_id", [f"batch{i}" for i in range(len(pixels))])):
+        index = int(frames[i]) if frames is not None else i
+        items.append({"name": f"{clip}_f{index:05d}", "image": pixels[i], "psnr": float(scores[i])})
+    return items
 
 
 def require(batch: dict, key: str, who: str) -> Tensor:
@@ -167,6 +187,7 @@ class VQGAN(L.LightningModule):
         return [opt_g, opt_d]
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        own_gradient_sync(self)  # one all-reduce per optimizer step, below (see the module docstring)
         images = require(batch, "image", "VQGAN")
         opt_g, opt_d = self.optimizers()
         step = int(self.train_batches)
@@ -178,6 +199,7 @@ class VQGAN(L.LightningModule):
         )
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_loss)
+        average_gradients(opt_g)
         opt_g.step()
         opt_g.zero_grad(set_to_none=True)  # frees the memory, and no stale gradient lingers
         self.untoggle_optimizer(opt_g)
@@ -189,6 +211,7 @@ class VQGAN(L.LightningModule):
             d_loss, d_logs = self.loss.discriminator_loss(images, recon.detach())
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
+            average_gradients(opt_d)
             opt_d.step()
             opt_d.zero_grad(set_to_none=True)
             self.untoggle_optimizer(opt_d)
@@ -212,6 +235,20 @@ class VQGAN(L.LightningModule):
             self._val_counts += torch.bincount(indices.flatten(), minlength=self.hparams.codebook_size)
         if batch_idx == 0 and self.hparams.log_images:
             self._log_image("val/reconstruction", image_grid([images, recon], self.hparams.log_images))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        images = require(batch, "image", "VQGAN")
+        recon, _, _ = self(images)
+        size = images.shape[0]
+        self.log("test/l1", (recon - images).abs().mean(), batch_size=size, sync_dist=True)
+        self.log("test/psnr", psnr(recon, images).mean(), batch_size=size, sync_dist=True)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Reconstructions: ``<clip_id>_f<frame>.png`` (input | reconstruction) and ``.npz`` (PSNR)
+        under the prediction folder (:class:`~flowvq.callbacks.PredictionWriter`)."""
+        images = require(batch, "image", "VQGAN")
+        recon, _, _ = self(images)
+        return frame_items(batch, [images, recon], psnr(recon, images))
 
     def on_validation_epoch_end(self) -> None:
         if self._val_counts is None:

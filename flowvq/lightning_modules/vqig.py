@@ -10,6 +10,10 @@ The stage-1 checkpoint (``codebook_checkpoint``) is read in :meth:`setup` (or by
 :meth:`load_codebook`), not in the constructor, so a config instantiates before stage 1 has
 run; a VQIG checkpoint carries the frozen codebook and decoder itself and renders alone.
 
+Under DDP the module synchronises its own gradients, as the VQGAN does
+(:mod:`~flowvq.lightning_modules.gradient_sync`): one all-reduce per optimizer step of exactly
+that optimizer's parameters.
+
 The paper's ablation is four configs: ``use_warp``, ``use_fusion``, ``use_cross_attention`` and
 ``use_codebook`` set to false one at a time (``configs/vqig_ablation/``).
 
@@ -28,7 +32,8 @@ from einops import rearrange
 from torch import Tensor
 
 from flowvq.data.card import check_dims
-from flowvq.lightning_modules.vqgan import ARCHITECTURE_KEYS, image_grid, psnr, require
+from flowvq.lightning_modules.gradient_sync import average_gradients, own_gradient_sync
+from flowvq.lightning_modules.vqgan import ARCHITECTURE_KEYS, frame_items, image_grid, psnr, require
 from flowvq.nn.perceptual import ssim
 from flowvq.nn.vq_autoencoder import VQAutoencoder
 from flowvq.nn.vq_losses import VQLoss
@@ -276,12 +281,14 @@ class VQIG(L.LightningModule):
         return loss, logs, out
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        own_gradient_sync(self)  # one all-reduce per optimizer step, below (see the module docstring)
         opt_g, opt_d = self.optimizers()
         step = int(self.train_batches)
         self.toggle_optimizer(opt_g)
         loss, logs, out = self._losses(batch, step)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        average_gradients(opt_g)
         opt_g.step()
         opt_g.zero_grad(set_to_none=True)  # frees the memory, and no stale gradient lingers
         self.untoggle_optimizer(opt_g)
@@ -290,6 +297,7 @@ class VQIG(L.LightningModule):
             d_loss, d_logs = self.loss.discriminator_loss(batch["target"], out["image"].detach())
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
+            average_gradients(opt_d)
             opt_d.step()
             opt_d.zero_grad(set_to_none=True)
             self.untoggle_optimizer(opt_d)
@@ -311,6 +319,28 @@ class VQIG(L.LightningModule):
             experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
             if experiment is not None and hasattr(experiment, "add_image"):
                 experiment.add_image("val/source_target_generated", grid, self.current_epoch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """Scores beside the source-copy baseline (the source frame offered as every output)."""
+        _, logs, out = self._losses(batch, 0)
+        source, target = batch["source"], batch["target"]
+        size = target.shape[0]
+        image = out["image"].clamp(-1, 1)
+        scores = {
+            "test/l1": (image - target).abs().mean(),
+            "test/psnr": psnr(image, target).mean(),
+            "test/ssim": ssim(image, target).mean(),
+            "test/psnr_source_copy": psnr(source, target).mean(),
+            "test/ssim_source_copy": ssim(source, target).mean(),
+        }
+        self.log_dict(scores, batch_size=size, sync_dist=True)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Rendered targets: ``<clip_id>_f<target frame>.png`` (source | target | generated) and
+        ``.npz`` (PSNR) under the prediction folder (:class:`~flowvq.callbacks.PredictionWriter`)."""
+        source, target = require(batch, "source", "VQIG"), require(batch, "target", "VQIG")
+        out = self(source, require(batch, "target_exp", "VQIG"), require(batch, "target_pose", "VQIG"))
+        return frame_items(batch, [source, target, out["image"]], psnr(out["image"], target))
 
     # ---------------------------------------------------------------- inference
 

@@ -254,12 +254,19 @@ class CoefficientFlowNet(nn.Module):
             prior, features, num_components, anchor=anchor, init_spread=prior_init_spread
         )
         self.intensity_levels = intensity_levels
-        self.level_logits = nn.Parameter(torch.zeros(max(intensity_levels, 1)))
+        # Intensity moves a mixture component along the anchor -> component line; a prior
+        # without an anchor (PoseFlow's Gaussian) has no such line, so no factors are built:
+        # a parameter no loss reaches would stop a DDP run.
+        self.level_logits: nn.Parameter | None = None
+        if anchor is not None and prior != "gaussian":
+            self.level_logits = nn.Parameter(torch.zeros(max(intensity_levels, 1)))
 
     # -- conditioning ----------------------------------------------------------------------
 
     def intensity_factor(self, level: Tensor) -> Tensor:
         """Factor along the neutral -> emotion line per intensity level ``[B]``; -1 gives 1."""
+        if self.level_logits is None:  # no intensity in this prior
+            return torch.ones(level.shape, device=level.device)
         steps = torch.nn.functional.softplus(self.level_logits)
         factors = torch.cumsum(steps, 0) / steps.sum()  # increasing, the top one exactly 1
         known = level >= 0
