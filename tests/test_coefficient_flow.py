@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
@@ -394,3 +394,35 @@ def test_validation_scores_samples_with_the_emotion_classifier(tmp_path):
     wrong = CoefficientFlow(**dict(EXPFLOW, emotion_classifier=str(tmp_path / "missing.ckpt")))
     with pytest.raises(FileNotFoundError, match="emotion_classifier"):
         _trainer(tmp_path / "wrong", 1).fit(wrong, datamodule=BatchData([structured_batch()]))
+
+
+@pytest.mark.parametrize("budget", [{"max_steps": 9, "max_epochs": -1}, {"max_epochs": 3}])
+def test_cosine_schedule_spans_the_run_in_steps_or_epochs(budget, random_dataset, tmp_path):
+    """Under max_steps (max_epochs -1) the rate decays once over those steps, not over one epoch."""
+    from flowvq.datamodules import CoefficientDataModule
+
+    data = CoefficientDataModule(random_dataset, window=8, prev_frames=4, windows_per_clip=1, batch_size=4)
+    model = CoefficientFlow(**{**SMALL, **data.dims, "lr": 1e-3, "val_sample_batches": 0})
+    rates = []
+
+    class Record(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = Trainer(
+        **budget,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Record()],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=data)
+    assert len(rates) == 9  # 12 clips, 4 per batch: 3 steps an epoch
+    assert rates[0] == pytest.approx(1e-3)
+    assert all(b < a for a, b in zip(rates, rates[1:])), rates  # one monotone decay, no restart per epoch
+    final = trainer.optimizers[0].param_groups[0]["lr"]
+    assert final == pytest.approx(0.05e-3, rel=1e-3), "ends at eta_min after the run's last step"

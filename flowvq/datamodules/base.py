@@ -280,6 +280,8 @@ class ClipDataModule(LightningDataModule):
         self.eval_drop_last = eval_drop_last
         self.pin_memory = bool(pin_memory)
         self.datasets: dict[str, SampledShards] = {}
+        self._train_loader: StreamingDataLoader | None = None
+        self._resumed_epoch: int | None = None
 
     @cached_property
     def card(self) -> DatasetCard:
@@ -368,7 +370,22 @@ class ClipDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> StreamingDataLoader:
-        return self.loader("train")
+        loader = self.loader("train")
+        if self._resumed_epoch is not None:
+            # the loader counts epochs from 0 again in a new process; its epoch seeds the
+            # training samples, so a resumed fit continues with the epochs it would have seen
+            loader.current_epoch = self._resumed_epoch
+            self._resumed_epoch = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: the train loader's epoch counter (see :meth:`train_dataloader`)."""
+        epoch = None if self._train_loader is None else int(self._train_loader.current_epoch)
+        return {"train_loader_epoch": epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resumed_epoch = state.get("train_loader_epoch")
 
     def val_dataloader(self) -> StreamingDataLoader | list:
         return self.loader("val")
