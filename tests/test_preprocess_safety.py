@@ -111,6 +111,8 @@ def test_quality_gate_keeps_bad_faces_out_and_says_why(tree):
         tree.root, loose, cache=tree.out / "cache", merge=True, min_detected=0.5, min_confirmed=0.0, **ARGS
     )
     assert card.splits == {"train": 6} and card.extra["quality"]["rejected_clips"] == 0
+    with pytest.raises(DatasetError, match="every train clip failed the face-quality gate.*--min_detected"):
+        preprocess_folder(tree.root, loose, cache=tree.out / "cache", merge=True, min_detected=1.01, **ARGS)
     with pytest.raises(DatasetError, match="every train clip is further than max_shape_error=0.001"):
         preprocess_folder(tree.root, loose, cache=tree.out / "cache", merge=True, max_shape_error=0.001, **ARGS)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -250,6 +251,13 @@ def merge_cache(
     for path in paths:
         if path not in rejected:
             by_split[metas[path]["split"]].append(path)
+    if not by_split.get("train") and any(metas[p]["split"] == "train" for p in rejected):
+        raise DatasetError(
+            f"every train clip failed the face-quality gate ({gate.to_dict()}), e.g. "
+            f"{metas[next(p for p in rejected if metas[p]['split'] == 'train')]['clip_id']!r}: "
+            f"{'; '.join(next(r for p, r in rejected.items() if metas[p]['split'] == 'train'))}. "
+            "Check the videos, or relax the thresholds and rerun with --merge true"
+        )
     out.mkdir(parents=True, exist_ok=True)
     facts: dict[str, Any] = {}
     if coefficient_source == "mediapipe-pca":
@@ -308,6 +316,9 @@ def merge_cache(
     )
     order = ("train", "val", "test")
     items = {split: sorted(by_split[split]) for split in order if by_split.get(split)}
+    for split in order:  # a split packed by an earlier run and empty now must not be read
+        if split not in items and (out / split).is_dir():
+            shutil.rmtree(out / split)
     log.info("packing %s", {k: len(v) for k, v in items.items()})
     # one packing process: litdata splits the items across workers by count, so the chunks
     # (and the read order) would depend on the worker count
