@@ -426,3 +426,48 @@ def test_cosine_schedule_spans_the_run_in_steps_or_epochs(budget, random_dataset
     assert all(b < a for a, b in zip(rates, rates[1:])), rates  # one monotone decay, no restart per epoch
     final = trainer.optimizers[0].param_groups[0]["lr"]
     assert final == pytest.approx(0.05e-3, rel=1e-3), "ends at eta_min after the run's last step"
+
+
+def test_encode_and_sample_use_the_mel_windows_training_used(random_dataset, tmp_path):
+    """A silent reference is encoded with training's (2c+1)K-column window; other shapes are refused."""
+    from flowvq.datamodules import CoefficientDataModule
+
+    data = CoefficientDataModule(random_dataset, window=8, prev_frames=4, windows_per_clip=1, batch_size=4)
+    model = CoefficientFlow(**{**SMALL, **data.dims, "val_sample_batches": 0, "jaw_dim": 0})
+    trainer = Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=data)
+    columns = (2 * data.audio_context + 1) * data.card.audio.mel_per_frame  # 5 x 4
+    assert int(model.mel_columns) == columns
+    seen = []
+    handle = model.net.audio.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    model.encode(torch.zeros(5, model.features))  # no audio: a silent reference frame
+    handle.remove()
+    assert seen[-1][2] == columns, seen
+    with pytest.raises(ValueError, match=f"\\[T, {columns}, "):
+        model.sample(torch.zeros(6, data.card.audio.mel_per_frame, model.hparams.mel_bins), "happy")
+
+
+def test_unnamed_expression_dims_need_a_jaw_dim_for_lipsync(random_dataset):
+    """PCA-like data names no dims: lip-sync is not scored on dim 0 silently, and jaw_dim sets it."""
+    from flowvq.datamodules import CoefficientDataModule
+
+    card = CoefficientDataModule(random_dataset).card
+    assert not card.exp_names
+    model = CoefficientFlow(**{**SMALL, **card.dims()})
+    with pytest.warns(UserWarning, match="jaw_dim"):
+        model.read_card(card)
+    assert int(model.jaw_index) == -1
+    chosen = CoefficientFlow(**{**SMALL, **card.dims(), "jaw_dim": 3})
+    chosen.read_card(card)
+    assert int(chosen.jaw_index) == 3
+    with pytest.raises(ValueError, match="jaw_dim=99"):
+        CoefficientFlow(**{**SMALL, **card.dims(), "jaw_dim": 99}).read_card(card)

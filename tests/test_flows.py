@@ -23,6 +23,8 @@ NETS = {
     "gaussian_mixture_lstm": dict(prior="gaussian_mixture", recurrent="lstm"),
     "gaussian_permutation": dict(prior="gaussian", num_components=1, linear="permutation"),
     "no_history": dict(prior="student_t_mixture", prev_frames=0),
+    "recurrent_window_gru": dict(prior="student_t_mixture", recurrent_window=2),
+    "recurrent_window_lstm": dict(prior="gaussian_mixture", recurrent="lstm", recurrent_window=3),
 }
 
 
@@ -189,15 +191,17 @@ def test_data_dropout_rate_and_mode(mode):
     net = _net("student_t_gru", data_dropout=0.3, data_dropout_mode=mode).train()
     history, present = torch.ones(400, 50, 2, D), torch.ones(400, 50, 2)
     torch.manual_seed(0)
-    dropped_history, dropped_present = net._drop(history, present)
+    dropped_history, dropped_present, restart = net._drop(history, present)
     hidden = dropped_present[..., 0] == 0  # (B, T)
     assert abs(hidden.float().mean().item() - 0.3) < 0.02
     assert (dropped_history[hidden] == 0).all() and (dropped_history[~hidden] == 1).all()
     per_window = hidden.float().mean(1)
     if mode == "sequence":
         assert ((per_window == 0) | (per_window == 1)).all()
+        assert restart is None  # a hidden window's inputs hold no coefficients at all
     else:
         assert ((per_window > 0) & (per_window < 1)).float().mean() > 0.9
+        assert torch.equal(restart, hidden)  # these frames' recurrent state starts afresh
 
 
 # -- misuse ------------------------------------------------------------------------------------
@@ -240,7 +244,47 @@ def test_history_noise_perturbs_only_present_frames_in_training():
     net = _net("student_t_gru", history_noise=0.5).train()
     history, present = torch.zeros(8, 5, 2, D), torch.ones(8, 5, 2)
     present[:, :, 0] = 0
-    noisy, _ = net._drop(history, present)
+    noisy, _, _ = net._drop(history, present)
     assert (noisy[:, :, 0] == 0).all() and noisy[:, :, 1].std() > 0.3
-    clean, _ = net.eval()._drop(history, present)
+    clean, _, _ = net.eval()._drop(history, present)
     assert (clean == 0).all()
+
+
+def test_frame_dropout_hides_the_past_from_the_recurrent_state_too():
+    """A frame whose history is dropped sees no earlier frame, not even through the recurrent state
+    that ran over the earlier frames' (kept) histories."""
+    net = _net("student_t_gru", data_dropout=0.5, data_dropout_mode="frame").train()
+    w = _window(b=1, t=6)
+    seed = next(
+        s
+        for s in range(100)
+        if (mask := _dropped(net, s))[5] and not mask[:5].all()  # frame 5 dropped, some earlier kept
+    )
+    torch.manual_seed(seed)
+    z, _ = net(w["x"], w["mel"])
+    moved = w["x"].clone()
+    moved[:, :5] += 3.0  # every frame before the last
+    torch.manual_seed(seed)
+    z_moved, _ = net(moved, w["mel"])
+    torch.testing.assert_close(z_moved[:, 5], z[:, 5])
+
+
+def _dropped(net: CoefficientFlowNet, seed: int) -> torch.Tensor:
+    """Which of 6 frames the seeded frame dropout hides ``[6]`` (the draw a forward pass makes)."""
+    torch.manual_seed(seed)
+    _, _, restart = net._drop(torch.zeros(1, 6, 2, D), torch.ones(1, 6, 2))
+    return restart[0]
+
+
+def test_recurrent_window_forgets_frames_beyond_it():
+    """With a window of L frames (K previous frames each), frames older than L+K do not reach z_t."""
+    net = _net("recurrent_window_gru").eval()  # L=2, K=2: frame 5 sees frames 2..5
+    w = _window(b=1, t=6)
+    z, _ = net(w["x"], w["mel"])
+    moved, mel = w["x"].clone(), w["mel"].clone()
+    moved[:, :2] += 3.0
+    mel[:, :4] += 3.0  # audio of frames before the window too
+    z_moved, _ = net(moved, mel)
+    torch.testing.assert_close(z_moved[:, 5], z[:, 5])
+    moved[:, 2] += 3.0  # the oldest frame inside it does
+    assert not torch.allclose(net(moved, mel)[0][:, 5], z[:, 5])

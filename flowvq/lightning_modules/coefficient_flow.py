@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 from einops import rearrange, repeat
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -86,6 +87,12 @@ class CoefficientFlow(LightningModule):
         prior_init_spread: std of the random initial component locations.
         output_clip: bound of generated frames in normalised units (train-set stds).
         history_noise: std of the noise on the previous frames in training.
+        recurrent_window: frames each recurrent state is computed over, in training and
+            sampling alike (None: since the window's or the clip's start; see
+            :mod:`flowvq.nn.flows`).
+        jaw_dim: the expression dim that opens the jaw, for lip-sync scores (ExpFlow); None:
+            the card's ``jaw_open`` dim. Data whose dims are not named (PCA coefficients) has
+            none: lip-sync is then not scored, with a warning, until this is set.
         lr, weight_decay: AdamW, cosine decay to 5% over the run (``max_steps`` or ``max_epochs``).
         init_from: a checkpoint whose network weights start this training (PoseFlow:
             pretrained on LRS3, fine-tuned on MEAD).
@@ -121,6 +128,8 @@ class CoefficientFlow(LightningModule):
         prior_init_spread: float = 1.0,
         output_clip: float | None = 10.0,
         history_noise: float = 0.0,
+        recurrent_window: int | None = None,
+        jaw_dim: int | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         init_from: str | None = None,
@@ -169,13 +178,17 @@ class CoefficientFlow(LightningModule):
             prior_init_spread=prior_init_spread,
             output_clip=output_clip,
             history_noise=history_noise,
+            recurrent_window=recurrent_window,
         )
         # Filled from the dataset card in setup() and saved with the checkpoint, so a loaded
         # model can pick its blink dims and un-normalise its samples without the dataset.
         self.register_buffer("extra_index", torch.full((len(extra),), -1, dtype=torch.long))
         self.register_buffer("coef_mean", torch.zeros(self.features))
         self.register_buffer("coef_std", torch.ones(self.features))
-        self.register_buffer("jaw_index", torch.tensor(0))
+        self.register_buffer("jaw_index", torch.tensor(-1 if jaw_dim is None else jaw_dim))  # -1: unknown
+        # columns of the mel window each frame was trained with ((2 * audio_context + 1) * K);
+        # 0 until the DataModule sets it. encode() and sample() use and check it.
+        self.register_buffer("mel_columns", torch.tensor(0))
         self.val_diversity = SampleDiversity()
         self.val_lipsync = LipSyncCorrelation()
         self.val_lipsync_truth = LipSyncCorrelation()
@@ -192,6 +205,16 @@ class CoefficientFlow(LightningModule):
         if card is not None:
             self.read_card(card)
             datamodule = self.trainer.datamodule
+            context = getattr(datamodule, "audio_context", None)
+            if context is not None:
+                columns = (2 * int(context) + 1) * card.audio.mel_per_frame
+                if int(self.mel_columns) and int(self.mel_columns) != columns:
+                    raise DatasetError(
+                        f"this model was trained on mel windows of {int(self.mel_columns)} columns, the DataModule "
+                        f"gives {columns} (audio_context={context}, {card.audio.mel_per_frame} per frame): set "
+                        "data.init_args.audio_context to the training value"
+                    )
+                self.mel_columns.fill_(columns)
             have = getattr(datamodule, "prev_frames", None)
             if have is not None and have < self.hparams.prev_frames:
                 raise ValueError(
@@ -219,8 +242,20 @@ class CoefficientFlow(LightningModule):
                     f"(its exp_names: {card.exp_names or 'none recorded'}); remove them from the config"
                 )
             self.extra_index.copy_(torch.tensor([card.exp_names.index(n) for n in extra]))
-        if "jaw_open" in card.exp_names:
+        if self.hparams.get("jaw_dim") is not None:
+            if not 0 <= self.hparams.jaw_dim < card.exp_dim:
+                raise ValueError(
+                    f"jaw_dim={self.hparams.jaw_dim} is not an expression dim of {card.name!r} (E={card.exp_dim})"
+                )
+            self.jaw_index.fill_(self.hparams.jaw_dim)
+        elif "jaw_open" in card.exp_names:
             self.jaw_index.fill_(card.exp_names.index("jaw_open"))
+        elif self.hparams.field == "exp":
+            self.jaw_index.fill_(-1)
+            rank_zero_warn(
+                f"the expression dims of {card.name!r} are not named, so no dim is known to open the jaw: "
+                "lip-sync of samples is not scored. Set model.init_args.jaw_dim to score it"
+            )
         if card.stats is not None:
             stats = card.stats
             if self.hparams.field == "exp":
@@ -356,6 +391,7 @@ class CoefficientFlow(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
+        state.setdefault("mel_columns", torch.tensor(0))  # checkpoints from before it was recorded
         legacy = _drop_legacy_keys({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}, self.net)
         for key in [k for k in state if k.startswith("net.") and k[len("net.") :] not in legacy]:
             del state[key]
@@ -410,6 +446,7 @@ class CoefficientFlow(LightningModule):
         mel = mel.unsqueeze(0) if single else mel
         if mel.dim() != 4:
             raise ValueError(f"mel must be [T, C, M] or [B, T, C, M], got {tuple(mel.shape)}")
+        self._check_mel(mel)
         b, t = mel.shape[:2]
         rows = b * num_samples
         mel = repeat(mel.to(self.device, torch.float32), "b t c m -> (b n) t c m", n=num_samples)
@@ -464,8 +501,10 @@ class CoefficientFlow(LightningModule):
             )
         t = reference.shape[0]
         if mel is None:
-            columns = self.hparams.mel_per_frame or 1
+            # the training window's shape, filled with mean features (zeros once normalised)
+            columns = int(self.mel_columns) or self.hparams.mel_per_frame or 1
             mel = torch.zeros(t, columns, self.hparams.mel_bins, device=self.device)
+        self._check_mel(mel.unsqueeze(0))
         was_training = self.training
         self.eval()
         with torch.autocast(self.device.type, enabled=False):
@@ -477,6 +516,15 @@ class CoefficientFlow(LightningModule):
         if self.hparams.prior == "gaussian":
             component = 0
         return LatentCode(frames.mean(0), frames, posterior, component)
+
+    def _check_mel(self, mel: Tensor) -> None:
+        """Refuse mel windows ``[B, T, C, M]`` of another shape than training used."""
+        columns = int(self.mel_columns)
+        if (columns and mel.shape[2] != columns) or mel.shape[3] != self.hparams.mel_bins:
+            raise ValueError(
+                f"mel windows must be [T, {columns or 'C'}, {self.hparams.mel_bins}] as in training, got "
+                f"{tuple(mel.shape[1:])}: take them from a CoefficientDataModule with the training's audio_context"
+            )
 
     def denormalize(self, x: Tensor) -> Tensor:
         """Normalised coefficients to the dataset's units (statistics saved from its card)."""
@@ -512,8 +560,9 @@ class CoefficientFlow(LightningModule):
         self.val_diversity.update(samples, x.float(), mask)
         if self.hparams.field == "exp":
             jaw = int(self.jaw_index)
-            self.val_lipsync.update(samples[..., jaw], batch["energy"], mask)
-            self.val_lipsync_truth.update(x[..., jaw], batch["energy"], mask)
+            if jaw >= 0:
+                self.val_lipsync.update(samples[..., jaw], batch["energy"], mask)
+                self.val_lipsync_truth.update(x[..., jaw], batch["energy"], mask)
             classifier = self._load_classifier()
             if classifier is not None:
                 flat = rearrange(samples, "b n t d -> (b n) t d")
@@ -553,7 +602,7 @@ class CoefficientFlow(LightningModule):
         if self.val_diversity.frames > 0 or self.trainer.world_size > 1:
             scores = self.val_diversity.compute()
             self.log_dict({f"val/{k}": v for k, v in scores.items()}, sync_dist=False)
-            if self.hparams.field == "exp":
+            if self.hparams.field == "exp" and int(self.jaw_index) >= 0:
                 self.log("val/lipsync_samples", self.val_lipsync.compute())
                 self.log("val/lipsync_truth", self.val_lipsync_truth.compute())
         self.val_diversity.reset()
@@ -583,7 +632,7 @@ class CoefficientFlow(LightningModule):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        dims = [int(self.jaw_index)] if self.hparams.field == "exp" else [0]
+        dims = [max(int(self.jaw_index), 0)] if self.hparams.field == "exp" else [0]
         dims += [d for d in range(self.features) if d not in dims][:2]
         clips = samples.shape[0]
         figure, axes = plt.subplots(clips, len(dims), figsize=(3.2 * len(dims), 2.0 * clips), squeeze=False)
@@ -675,7 +724,7 @@ def plot_samples(
     names = [f"{model.hparams.field}[{d}]" for d in range(model.features)]
     if model.hparams.field == "exp" and len(datamodule.card.exp_names) == model.features:
         names = list(datamodule.card.exp_names)
-    dims = [int(model.jaw_index)] if model.hparams.field == "exp" else [0]
+    dims = [max(int(model.jaw_index), 0)] if model.hparams.field == "exp" else [0]
     dims += [d for d in range(model.features) if d not in dims][:2]
     figure, axes = plt.subplots(len(emotions), len(dims), figsize=(3.4 * len(dims), 2.3 * len(emotions)), squeeze=False)
     for row, emotion in enumerate(emotions):

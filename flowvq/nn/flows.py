@@ -19,7 +19,15 @@ small matrix products, never a per-dimension loop.
 frames are hidden with probability ``data_dropout``: zeroed, with their "present" mask
 cleared, exactly as at the start of a clip. ``data_dropout_mode="frame"`` (default) draws
 this independently for every frame's history; ``"sequence"`` hides the history of whole
-windows. The recurrent network receives the same (dropped) history, so it cannot bypass it.
+windows. The recurrent network receives the same (dropped) history; and where one frame's
+history is hidden (frame mode), that frame's recurrent state is the one a clip start gives
+(the network run on that frame alone), since the running state already holds the earlier
+frames and would pass them on.
+
+**Recurrent window** (``recurrent_window=L``, beyond the paper): each frame's recurrent state
+is computed over at most L frames (its own and the L-1 before it), from zero, in training and
+in sampling alike. Without it the state runs over the training window (32 frames) in training
+but over the whole clip, or minutes of audio, in sampling: states never trained on.
 
 Emotion enters only through the prior's component (and intensity through its location):
 the flow itself is shared by every emotion, as in the paper.
@@ -164,11 +172,13 @@ class FlowState:
         history: the last K generated frames ``[B, K, D]`` (oldest first).
         present: which of them exist ``[B, K]`` (float 0/1; 0 before the clip starts).
         recurrent: the GRU hidden state, or the LSTM's ``(h, c)``.
+        inputs: with a recurrent window, the recurrent network's last inputs ``[B, <=L, F]``.
     """
 
     history: Tensor
     present: Tensor
     recurrent: Tensor | tuple[Tensor, Tensor] | None
+    inputs: Tensor | None = None
 
 
 class CoefficientFlowNet(nn.Module):
@@ -185,6 +195,8 @@ class CoefficientFlowNet(nn.Module):
         audio_features, audio_hidden: size of the per-frame audio code, and of the audio
             encoder's channels.
         recurrent: ``"gru"`` or ``"lstm"``; ``recurrent_hidden`` its size.
+        recurrent_window: L, frames each recurrent state is computed over (None: all frames
+            since the window or clip start).
         flow_layers, coupling_hidden, coupling_blocks, linear: the frame flow.
         data_dropout: probability of hiding the previous frames in training.
         data_dropout_mode: ``"frame"`` (each frame's history on its own) or ``"sequence"``.
@@ -225,8 +237,11 @@ class CoefficientFlowNet(nn.Module):
         prior_init_spread: float = 1.0,
         output_clip: float | None = 10.0,
         history_noise: float = 0.0,
+        recurrent_window: int | None = None,
     ) -> None:
         super().__init__()
+        if recurrent_window is not None and recurrent_window < 1:
+            raise ValueError(f"recurrent_window must be >= 1 frames or None, got {recurrent_window}")
         if not 0.0 <= data_dropout <= 1.0:
             raise ValueError(f"data_dropout must be in [0, 1], got {data_dropout}")
         if data_dropout_mode not in ("frame", "sequence"):
@@ -242,6 +257,7 @@ class CoefficientFlowNet(nn.Module):
         self.output_clip = output_clip
         self.history_noise = history_noise
         self.recurrent_kind = recurrent
+        self.recurrent_window = recurrent_window
         self.audio = AudioWindowEncoder(mel_bins, audio_features, hidden=audio_hidden)
         history = prev_frames * (features + 1)  # frames and their present flags
         rnn = nn.GRU if recurrent == "gru" else nn.LSTM
@@ -291,27 +307,49 @@ class CoefficientFlowNet(nn.Module):
         history = frames.unfold(1, k, 1)[:, :t]  # (B, T, D, K)
         return rearrange(history, "b t d k -> b t k d"), flags.unfold(1, k, 1)[:, :t]
 
-    def _drop(self, history: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+    def _drop(self, history: Tensor, present: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Data dropout (training only): hide whole histories as if the clip started there
-        (after adding ``history_noise`` to the frames that are there)."""
+        (after adding ``history_noise`` to the frames that are there).
+
+        Returns the history, its present flags and, in frame mode, ``restart [B, T]``: the
+        frames whose history was hidden, whose recurrent state must then start afresh."""
         if not self.training:
-            return history, present
+            return history, present, None
         if self.history_noise > 0:
             history = history + self.history_noise * torch.randn_like(history) * present.unsqueeze(-1)
         if self.data_dropout <= 0:
-            return history, present
+            return history, present, None
         b, t = present.shape[:2]
         shape = (b, t, 1) if self.data_dropout_mode == "frame" else (b, 1, 1)
         keep = (torch.rand(shape, device=present.device) >= self.data_dropout).to(present.dtype)
-        return history * keep.unsqueeze(-1), present * keep
+        restart = (keep[..., 0] == 0).expand(b, t) if self.data_dropout_mode == "frame" else None
+        return history * keep.unsqueeze(-1), present * keep, restart
 
     def _contexts(
-        self, audio: Tensor, history: Tensor, present: Tensor, recurrent: Tensor | tuple | None = None
+        self,
+        audio: Tensor,
+        history: Tensor,
+        present: Tensor,
+        recurrent: Tensor | tuple | None = None,
+        restart: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | tuple]:
-        """Per-frame flow contexts ``[B, T, H]`` and the recurrent state after the last frame."""
+        """Per-frame flow contexts ``[B, T, H]`` of a teacher-forced window, and the recurrent
+        state after its last frame. ``restart [B, T]`` marks frames whose state starts afresh."""
         past = torch.cat([rearrange(history, "b t k d -> b t (k d)"), present], -1)  # (B, T, K(D+1))
-        inputs = torch.cat([audio, past], -1)
+        inputs = torch.cat([audio, past], -1)  # (B, T, F)
         hidden, recurrent = self.recurrent(inputs, recurrent)  # (B, T, R)
+        window, t = self.recurrent_window, inputs.shape[1]
+        if window is not None and t > window:
+            # frame i >= L-1: the state after running over frames i-L+1..i from zero
+            b = inputs.shape[0]
+            runs = rearrange(inputs.unfold(1, window, 1), "b n f l -> (b n) l f")  # (B(T-L+1), L, F)
+            last, _ = self.recurrent(runs)
+            sliding = rearrange(last[:, -1], "(b n) r -> b n r", b=b)  # (B, T-L+1, R)
+            hidden = torch.cat([hidden[:, : window - 1], sliding], 1)
+        if restart is not None and bool(restart.any()):
+            fresh, _ = self.recurrent(rearrange(inputs, "b t f -> (b t) 1 f"))  # each frame alone
+            fresh = rearrange(fresh[:, 0], "(b t) r -> b t r", b=inputs.shape[0])
+            hidden = torch.where(restart.unsqueeze(-1), fresh, hidden)
         return torch.cat([hidden, audio, past], -1), recurrent
 
     # -- likelihood and encoding -----------------------------------------------------------
@@ -339,8 +377,8 @@ class CoefficientFlowNet(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.features:
             raise ValueError(f"x must be [B, T, {self.features}], got {tuple(x.shape)}")
         b, t, _ = x.shape
-        history, present = self._drop(*self._history(x, prev, prev_mask))
-        context, _ = self._contexts(self.audio(mel), history, present)
+        history, present, restart = self._drop(*self._history(x, prev, prev_mask))
+        context, _ = self._contexts(self.audio(mel), history, present, restart=restart)
         z, logdet = self.flow(rearrange(x, "b t d -> (b t) d"), rearrange(context, "b t h -> (b t) h"))
         return rearrange(z, "(b t) d -> b t d", b=b), rearrange(logdet, "(b t) -> b t", b=b)
 
@@ -401,17 +439,26 @@ class CoefficientFlowNet(nn.Module):
         ``audio`` is :attr:`audio` applied to the frame's mel window (encode a whole clip at
         once with ``self.audio(mel)`` and pass ``codes[:, t]``).
         """
-        context, recurrent = self._contexts(
-            audio.unsqueeze(1), state.history.unsqueeze(1), state.present.unsqueeze(1), state.recurrent
-        )
+        inputs = None
+        if self.recurrent_window is None:
+            context, recurrent = self._contexts(
+                audio.unsqueeze(1), state.history.unsqueeze(1), state.present.unsqueeze(1), state.recurrent
+            )
+        else:
+            # the state over the last L frames, from zero, as each training frame's
+            past = torch.cat([rearrange(state.history, "b k d -> b (k d)"), state.present], -1)
+            frame = torch.cat([audio, past], -1).unsqueeze(1)  # (B, 1, F)
+            inputs = frame if state.inputs is None else torch.cat([state.inputs, frame], 1)[:, -self.recurrent_window :]
+            hidden, recurrent = self.recurrent(inputs)
+            context = torch.cat([hidden[:, -1:], audio.unsqueeze(1), past.unsqueeze(1)], -1)
         x, _ = self.flow.inverse(z, context[:, 0])
         if self.output_clip is not None:
             x = x.clamp(-self.output_clip, self.output_clip)
         if self.prev_frames == 0:
-            return x, FlowState(state.history, state.present, recurrent)
+            return x, FlowState(state.history, state.present, recurrent, inputs)
         history = torch.cat([state.history[:, 1:], x.unsqueeze(1)], 1)
         present = torch.cat([state.present[:, 1:], torch.ones_like(state.present[:, :1])], 1)
-        return x, FlowState(history, present, recurrent)
+        return x, FlowState(history, present, recurrent, inputs)
 
     @torch.no_grad()
     def sample(
