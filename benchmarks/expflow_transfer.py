@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from flowvq.datamodules import CoefficientDataModule
-    from flowvq.lightning_modules.coefficient_flow import CoefficientFlow, check_module_against_data_card
+    from flowvq.lightning_modules.coefficient_flow import CoefficientFlow
     from flowvq.lightning_modules.emotion_classifier import EmotionClassifier
+    from flowvq.pipeline.flow_samples import check_module_against_data_card
 
     model = CoefficientFlow.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=False).eval()
     classifier = EmotionClassifier.load_from_checkpoint(args.classifier, map_location="cpu", weights_only=False)

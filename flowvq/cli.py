@@ -25,7 +25,7 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 COMMANDS: dict[str, str | dict[str, str]] = {
     "synth": "flowvq.data.synth:synth",
     "demo": "flowvq.pipeline.demo:demo",
-    "plot-samples": "flowvq.lightning_modules.coefficient_flow:plot_samples",
+    "plot-samples": "flowvq.pipeline.flow_samples:plot_samples",
     "preview": "flowvq.data.synth:write_preview",
     "preprocess": {
         "mead": "flowvq.data.preprocess.commands:preprocess_mead",

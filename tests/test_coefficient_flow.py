@@ -11,7 +11,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from flowvq.data.card import AudioFeatures, DatasetCard, DatasetError, Stats
-from flowvq.lightning_modules.coefficient_flow import CoefficientFlow, plot_samples
+from flowvq.lightning_modules.coefficient_flow import CoefficientFlow
+from flowvq.pipeline.flow_samples import plot_samples
 
 E, P, M, KP, C = 5, 3, 8, 4, 10  # exp dims, pose dims, mel bins, previous frames, mel columns
 EXP_NAMES = ["jaw_open", "smile", "blink", "frown", "brow_raise"]
@@ -376,7 +377,7 @@ def test_fit_on_shards_through_the_coefficient_datamodule(field, random_dataset,
     # the demo's figure of samples for two emotions, from the saved checkpoint
     path = tmp_path / "flow.ckpt"
     trainer.save_checkpoint(path)
-    png = plot_samples(path, random_dataset, tmp_path / "samples.png", num_samples=2, window=16)
+    png = plot_samples(path, random_dataset, tmp_path / "samples.png", num_samples=2, frames=60)
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -42,7 +42,7 @@ from flowvq.metrics.diversity import SampleDiversity
 from flowvq.metrics.lipsync import LipSyncCorrelation
 from flowvq.nn.flows import CoefficientFlowNet
 
-__all__ = ["CoefficientFlow", "LatentCode", "plot_samples"]
+__all__ = ["CoefficientFlow", "LatentCode"]
 
 
 @dataclass
@@ -676,79 +676,3 @@ def _seeded(seed: int | None, device: torch.device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-def plot_samples(
-    checkpoint: Path,
-    data: Path,
-    out: Path,
-    emotions: list[str] | None = None,
-    num_samples: int = 4,
-    window: int = 64,
-    temperature: float = 0.8,
-    seed: int = 0,
-) -> Path:
-    """Draw a trained ExpFlow / PoseFlow's samples for one test clip's audio as a PNG.
-
-    One row per emotion (PoseFlow: one row), one panel per coefficient (the three first, the
-    jaw first for ExpFlow): ``num_samples`` sampled trajectories and the clip's ground truth.
-
-    Args:
-        checkpoint: a CoefficientFlow checkpoint (``flowvq fit --config configs/tiny/expflow.yaml``).
-        data: the dataset root it was trained on (its test split gives the audio).
-        out: the PNG to write.
-        emotions: emotions to sample (default: happy and sad).
-        num_samples: samples per emotion.
-        window: frames of the test clip to sample for.
-        temperature: latent temperature.
-        seed: seeds the draws.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from flowvq.datamodules import CoefficientDataModule
-
-    # weights_only=False: a checkpoint also holds the DataModule's hparams (paths); load only
-    # checkpoints you trained or trust
-    model = CoefficientFlow.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).eval()
-    datamodule = CoefficientDataModule(data, window=window, prev_frames=model.hparams.prev_frames, batch_size=1)
-    check_module_against_data_card(model, datamodule.card, data)
-    datamodule.setup("test")
-    batch = next(iter(datamodule.test_dataloader()))
-    valid = int(batch["mask"][0].sum())  # a clip shorter than the window is padded
-    truth = model.select(batch)[0][0, :valid]  # (T, D)
-    mel = batch["mel"][0, :valid]
-    emotions = list(emotions or ["happy", "sad"]) if model.hparams.prior != "gaussian" else [None]
-    names = [f"{model.hparams.field}[{d}]" for d in range(model.features)]
-    if model.hparams.field == "exp" and len(datamodule.card.exp_names) == model.features:
-        names = list(datamodule.card.exp_names)
-    dims = [max(int(model.jaw_index), 0)] if model.hparams.field == "exp" else [0]
-    dims += [d for d in range(model.features) if d not in dims][:2]
-    figure, axes = plt.subplots(len(emotions), len(dims), figsize=(3.4 * len(dims), 2.3 * len(emotions)), squeeze=False)
-    for row, emotion in enumerate(emotions):
-        samples = model.sample(mel, emotion, num_samples=num_samples, temperature=temperature, seed=seed)
-        for col, d in enumerate(dims):
-            axis = axes[row][col]
-            for s in samples[..., d].numpy():
-                axis.plot(s, lw=0.8, alpha=0.8)
-            axis.plot(truth[:, d].numpy(), color="black", lw=1.5)
-            axis.set_title(f"{emotion or 'any emotion'}: {names[d]}", fontsize=8)
-            axis.tick_params(labelsize=6)
-    figure.suptitle(f"{num_samples} samples (colour) vs the clip's ground truth (black), T={temperature}", fontsize=9)
-    figure.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-    return out
-
-
-def check_module_against_data_card(model: CoefficientFlow, card: DatasetCard, root: Path | str) -> None:
-    """:func:`~flowvq.data.card.check_dims` of a loaded model against a dataset card."""
-    from flowvq.data.card import check_dims
-
-    expected = {key: model.hparams.get(key) for key in card.dims() if key in model.hparams}
-    check_dims(expected, card, f"{type(model).__name__} checkpoint (built with {expected})", root)
-    model.read_card(card)

@@ -137,7 +137,7 @@ def demo(
         print(f"[demo] emotion classifier: held-out-speaker accuracy {accuracy:.3f} (chance 0.125)")
 
     if "flows" in stages:
-        from flowvq.lightning_modules.coefficient_flow import plot_samples
+        from flowvq.pipeline.flow_samples import plot_samples
 
         # ExpFlow's validation scores the emotion of its samples with the classifier just trained
         expflow = fit_stage(
