@@ -472,3 +472,42 @@ def test_unnamed_expression_dims_need_a_jaw_dim_for_lipsync(random_dataset):
     assert int(chosen.jaw_index) == 3
     with pytest.raises(ValueError, match="jaw_dim=99"):
         CoefficientFlow(**{**SMALL, **card.dims(), "jaw_dim": 99}).read_card(card)
+
+
+def test_finetune_keeps_the_pretrained_units_when_the_data_normalise_otherwise(tmp_path):
+    """PoseFlow pretrained on LRS3-normalised pose, fine-tuned on MEAD-normalised pose: the same
+    raw motion reaches the loaded network in the units it was trained in (same likelihood)."""
+    pretrained, _, _ = _fit(POSEFLOW, tmp_path / "pre", steps=3)
+    pretrained.eval()
+    path = tmp_path / "pre.ckpt"
+    trainer = _trainer(tmp_path, 1)
+    trainer.strategy.connect(pretrained)
+    trainer.save_checkpoint(path)
+    batch = structured_batch(seed=2)
+    mean_a, std_a = pretrained.coef_mean.clone(), pretrained.coef_std.clone()
+    # the same raw coefficients, normalised with other statistics (another corpus)
+    mean_b, std_b = mean_a + 0.4, std_a * 1.7
+    d = pretrained.features
+
+    def renormalised(values: torch.Tensor, dims: slice | list) -> torch.Tensor:
+        raw = values * std_a[dims] + mean_a[dims]
+        return (raw - mean_b[dims]) / std_b[dims]
+
+    other = dict(batch)
+    pose_dims = list(range(P))
+    for key in ("pose", "prev_pose"):
+        other[key] = renormalised(batch[key], pose_dims)
+    blink = int(pretrained.extra_index[0])
+    for key in ("exp", "prev_exp"):
+        other[key] = batch[key].clone()
+        other[key][..., blink] = renormalised(batch[key][..., blink], [d - 1])
+    finetuned = CoefficientFlow(**dict(POSEFLOW, init_from=str(path)))
+    finetuned.read_card(BatchData([batch]).card)
+    finetuned.coef_mean.copy_(mean_b)
+    finetuned.coef_std.copy_(std_b)
+    finetuned._initialise_from(str(path))
+    finetuned.eval()
+    torch.testing.assert_close(finetuned.nll(other), pretrained.nll(batch), atol=1e-4, rtol=1e-4)
+    samples = finetuned.sample(other["mel"][0], num_samples=2, seed=0, denormalize=True)
+    reference = pretrained.sample(batch["mel"][0], num_samples=2, seed=0, denormalize=True)
+    torch.testing.assert_close(samples, reference, atol=1e-4, rtol=1e-4)

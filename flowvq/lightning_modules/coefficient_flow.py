@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from einops import rearrange, repeat
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -189,6 +189,11 @@ class CoefficientFlow(LightningModule):
         # columns of the mel window each frame was trained with ((2 * audio_context + 1) * K);
         # 0 until the DataModule sets it. encode() and sample() use and check it.
         self.register_buffer("mel_columns", torch.tensor(0))
+        # The network's own units, as an affine map of the DataModule's normalised units:
+        # identity, except after init_from a checkpoint normalised with other statistics
+        # (PoseFlow pretrained on LRS3, fine-tuned on MEAD), whose units the network keeps.
+        self.register_buffer("unit_scale", torch.ones(self.features))
+        self.register_buffer("unit_shift", torch.zeros(self.features))
         self.val_diversity = SampleDiversity()
         self.val_lipsync = LipSyncCorrelation()
         self.val_lipsync_truth = LipSyncCorrelation()
@@ -294,9 +299,43 @@ class CoefficientFlow(LightningModule):
                 f"{next(iter(wrong.items()))}): it was trained on data with other dims"
             )
         self.net.load_state_dict(weights)
+        self._keep_pretrained_units(checkpoint["state_dict"], path)
+
+    def _keep_pretrained_units(self, state: dict[str, Tensor], path: str) -> None:
+        """Map this data's normalisation onto the one the loaded network was trained with."""
+        mean, std = state.get("coef_mean"), state.get("coef_std")
+        if mean is None or std is None or mean.shape != self.coef_mean.shape:
+            return
+        scale = self.coef_std / std.to(self.coef_std)
+        shift = (self.coef_mean - mean.to(self.coef_mean)) / std.to(self.coef_std)
+        self.unit_scale.copy_(scale * state.get("unit_scale", torch.ones_like(scale)).to(scale))
+        self.unit_shift.copy_(shift + state.get("unit_shift", torch.zeros_like(shift)).to(shift))
+        if not (torch.allclose(scale, torch.ones_like(scale)) and torch.allclose(shift, torch.zeros_like(shift))):
+            rank_zero_info(
+                f"init_from={path!r} was normalised with other statistics than this data's: its network keeps "
+                f"its units (per dim, scale {[round(v, 3) for v in scale.tolist()]}, shift "
+                f"{[round(v, 3) for v in shift.tolist()]} from this data's normalised units)"
+            )
+
+    def to_model_units(self, x: Tensor) -> Tensor:
+        """The DataModule's normalised coefficients ``[..., D]`` in the network's units."""
+        return x * self.unit_scale.to(x) + self.unit_shift.to(x)
+
+    def from_model_units(self, x: Tensor) -> Tensor:
+        """The network's units back to the DataModule's normalised coefficients."""
+        return (x - self.unit_shift.to(x)) / self.unit_scale.to(x)
 
     def select(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
-        """The modelled coefficients of a batch: ``(x [B, W, D], prev [B, Kp, D])``."""
+        """The modelled coefficients of a batch in the network's units: ``(x [B, W, D], prev [B, Kp, D])``."""
+        x, prev = self._select(batch)
+        x = self.to_model_units(x)
+        if prev is not None:
+            prev = self.to_model_units(prev)
+            if "prev_mask" in batch:  # frames before the clip stay zeros, as the network knows them
+                prev = prev * batch["prev_mask"].unsqueeze(-1).to(prev)
+        return x, prev
+
+    def _select(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
         if self.hparams.field == "exp":
             return batch["exp"], batch.get("prev_exp")
         x, prev = batch["pose"], batch.get("prev_pose")
@@ -367,8 +406,8 @@ class CoefficientFlow(LightningModule):
         mel = repeat(batch["mel"].float(), "b t c m -> (b n) t c m", n=n)
         with torch.autocast(self.device.type, enabled=False):
             samples = self.net.sample(mel, comp, level, self.hparams.val_temperature, prev=prev_r, prev_mask=prev_mask)
-        samples = rearrange(self.denormalize(samples), "(b n) t d -> b n t d", n=n)
-        truth = self.denormalize(x.float())
+        samples = rearrange(self.denormalize(self.from_model_units(samples)), "(b n) t d -> b n t d", n=n)
+        truth = self.denormalize(self.from_model_units(x.float()))
         names = self._dim_names()
         items = []
         for i, clip in enumerate(batch["clip_id"]):
@@ -391,7 +430,10 @@ class CoefficientFlow(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
-        state.setdefault("mel_columns", torch.tensor(0))  # checkpoints from before it was recorded
+        # checkpoints from before these were recorded
+        state.setdefault("mel_columns", torch.tensor(0))
+        state.setdefault("unit_scale", torch.ones(self.features))
+        state.setdefault("unit_shift", torch.zeros(self.features))
         legacy = _drop_legacy_keys({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}, self.net)
         for key in [k for k in state if k.startswith("net.") and k[len("net.") :] not in legacy]:
             del state[key]
@@ -467,7 +509,7 @@ class CoefficientFlow(LightningModule):
             level = None
         prev_mask = None
         if prev is not None:
-            prev = repeat(prev.to(self.device, torch.float32), "k d -> r k d", r=rows)
+            prev = repeat(self.to_model_units(prev.to(self.device, torch.float32)), "k d -> r k d", r=rows)
             prev_mask = torch.ones(prev.shape[:2], dtype=torch.bool, device=self.device)
         if self.hparams.prior == "gaussian":
             component, level = None, None
@@ -476,6 +518,7 @@ class CoefficientFlow(LightningModule):
         with _seeded(seed, self.device), torch.autocast(self.device.type, enabled=False):
             x = self.net.sample(mel, component, level, temperature, loc=loc, prev=prev, prev_mask=prev_mask)
         self.train(was_training)
+        x = self.from_model_units(x)
         if denormalize:
             x = x * self.coef_std + self.coef_mean
         x = rearrange(x, "(b n) t d -> b n t d", b=b)
@@ -492,7 +535,7 @@ class CoefficientFlow(LightningModule):
                 normalised units), which suits a silent reference frame.
             emotion: the component to sample the code with; None: the most responsible one.
         """
-        reference = reference.to(self.device, torch.float32)
+        reference = self.to_model_units(reference.to(self.device, torch.float32))
         if reference.dim() == 1:
             reference = reference.unsqueeze(0)
         if reference.dim() != 2 or reference.shape[-1] != self.features:
@@ -565,7 +608,7 @@ class CoefficientFlow(LightningModule):
                 self.val_lipsync_truth.update(x[..., jaw], batch["energy"], mask)
             classifier = self._load_classifier()
             if classifier is not None:
-                flat = rearrange(samples, "b n t d -> (b n) t d")
+                flat = rearrange(self.from_model_units(samples), "b n t d -> (b n) t d")
                 probs = classifier.predict_proba(flat, mask=mask.repeat_interleave(n, 0))
                 labels = batch["emotion"].repeat_interleave(n).to(probs.device)
                 known = labels >= 0
