@@ -370,6 +370,9 @@ def test_fit_on_shards_through_the_coefficient_datamodule(field, random_dataset,
     trainer.fit(model, datamodule=data)
     assert torch.isfinite(trainer.callback_metrics["val/nll"])
     assert trainer.callback_metrics["val/diversity"] > 0
+    # the validation windows joined and sampled whole: figures of what a long sample does
+    for name in ("val/long_tail_fraction", "val/long_clamp_fraction", "val/long_drift_growth"):
+        assert torch.isfinite(trainer.callback_metrics[name]), name
     # the card's train statistics came with the model, for un-normalising its samples
     stats = data.card.stats
     expected = stats.exp_std if field == "exp" else stats.pose_std

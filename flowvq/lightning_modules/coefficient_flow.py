@@ -100,6 +100,12 @@ class CoefficientFlow(LightningModule):
         val_samples: N samples per window at validation; ``val_sample_batches`` batches get
             them; ``val_temperature`` their temperature; ``embedding_batches`` batches give
             latents to the projector.
+        val_long_frames: at each validation, the validation windows of one emotion are joined
+            to this many frames and sampled whole (2 samples), as a user samples long speech;
+            the fraction of values beyond 5 std (``val/long_tail_fraction``), at the clamp
+            (``val/long_clamp_fraction``), the growth of the distance from the ground truth's
+            mean from the first to the last 32 frames (``val/long_drift_growth``) and a figure
+            of the sequences (``val/long_samples``) are logged. 0: off.
     """
 
     def __init__(
@@ -138,6 +144,7 @@ class CoefficientFlow(LightningModule):
         val_sample_batches: int = 2,
         val_temperature: float = 0.8,
         embedding_batches: int = 8,
+        val_long_frames: int = 250,
     ) -> None:
         super().__init__()
         if field not in ("exp", "pose"):
@@ -202,6 +209,7 @@ class CoefficientFlow(LightningModule):
         self._classifier: Any = None
         self._embeddings: list[tuple[Tensor, Tensor]] = []
         self._trajectories: tuple[Tensor, Tensor, Tensor] | None = None
+        self._long: dict[str, Any] = {}
 
     # -- data ------------------------------------------------------------------------------
 
@@ -381,6 +389,65 @@ class CoefficientFlow(LightningModule):
             self._collect_latents(batch)
         if batch_idx < self.hparams.val_sample_batches:
             self._score_samples(batch, first=batch_idx == 0)
+        self._collect_long(batch)
+
+    def _collect_long(self, batch: dict[str, Any]) -> None:
+        """Gather the valid frames of windows of one emotion for the long-sequence check."""
+        wanted = self.hparams.get("val_long_frames", 0)
+        if not wanted or self._long.get("frames", 0) >= wanted:
+            return
+        x, _ = self.select(batch)
+        for i in range(x.shape[0]):
+            emotion = int(batch["emotion"][i])
+            if self._long.setdefault("emotion", emotion) != emotion and self.hparams.prior != "gaussian":
+                continue
+            valid = batch["mask"][i].bool() if "mask" in batch else torch.ones(x.shape[1], dtype=torch.bool)
+            self._long.setdefault("mel", []).append(batch["mel"][i][valid].float())
+            self._long.setdefault("truth", []).append(x[i][valid].float())
+            self._long["intensity"] = max(int(batch["intensity"][i]), 0)
+            self._long["frames"] = self._long.get("frames", 0) + int(valid.sum())
+
+    def _log_long(self) -> None:
+        """Sample the joined validation windows whole and log how the samples hold up."""
+        from flowvq.metrics.long_sequence import sequence_report
+
+        long, self._long = self._long, {}
+        wanted = self.hparams.get("val_long_frames", 0)
+        if not wanted or self.trainer.sanity_checking:
+            return
+        if not long.get("frames"):
+            if self.trainer.world_size > 1:  # the other ranks log: so must this one
+                long = {"frames": 0}
+            else:
+                return
+        if long["frames"]:
+            mel = torch.cat(long["mel"])[:wanted]
+            truth = torch.cat(long["truth"])[:wanted]
+            emotion = None if self.hparams.prior == "gaussian" else long["emotion"]
+            component = None if emotion is None or emotion < 0 else torch.full((2,), emotion, device=self.device)
+            level = None if component is None else torch.full((2,), long["intensity"], device=self.device)
+            with torch.autocast(self.device.type, enabled=False):
+                samples = self.net.sample(
+                    mel[None].expand(2, -1, -1, -1), component, level, self.hparams.val_temperature
+                )
+            report = sequence_report(samples, truth, self.hparams.output_clip)
+            figures = {
+                "val/long_tail_fraction": report["tail_fraction"],
+                "val/long_clamp_fraction": report["clamp_fraction"],
+                "val/long_drift_growth": report["drift_growth"],
+            }
+        else:
+            figures = dict.fromkeys(("val/long_tail_fraction", "val/long_clamp_fraction", "val/long_drift_growth"), 0.0)
+        self.log_dict(figures, sync_dist=True)
+        writer = tensorboard(self)
+        if long["frames"] and writer is not None and self.trainer.is_global_zero:
+            writer.add_figure(
+                "val/long_samples",
+                self._trajectory_figure(
+                    samples[None].cpu(), truth[None].cpu(), torch.tensor([long.get("emotion", -1)])
+                ),
+                self.global_step,
+            )
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if batch["mel"].shape[0] == 0:
@@ -655,6 +722,7 @@ class CoefficientFlow(LightningModule):
             # every rank logs (a collective); a rank with no labelled window adds nothing
             self.log("val/emotion_accuracy_samples", self.val_emotion_accuracy.compute())
         self.val_emotion_accuracy.reset()
+        self._log_long()
         writer = tensorboard(self)
         if writer is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             if self._trajectories is not None:
