@@ -2,6 +2,12 @@
 
     python benchmarks/vq_speed.py                         # tiny training + rendering at 128 / 256 px
     python benchmarks/vq_speed.py --train-sizes tiny paper --repeats 3
+    python benchmarks/vq_speed.py --baseline 2d90304 --rounds 3 --skip-rendering   # against an older commit
+
+``--baseline REF`` checks REF out into a temporary git worktree and runs *its own*
+``benchmarks/vq_speed.py`` (training only, its code, its configs) in a subprocess, alternating
+with this checkout's timing for ``--rounds`` rounds; each setting keeps its fastest round, so a
+load spike on the shared machine hits both sides alike. The speed-up column compares the two.
 
 Measured on the machine it runs on (write down its load: a shared CPU skews every figure):
 
@@ -23,6 +29,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -170,22 +179,43 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Training (one manual-optimization step: generator + discriminator, GAN terms on)",
         "",
-        "| size | stage | precision | batch | px | s/step | steps/s | images/s | bf16 speed-up |",
-        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if result.get("baseline"):
+        lines += [
+            f"`code` is this checkout or the baseline commit `{result['baseline']}` (its own benchmark script "
+            f"and configs, run from a git worktree), alternating over {result['rounds']} rounds; each row "
+            "keeps its fastest round. `vs baseline fp32` divides the baseline's fp32 s/step by the row's.",
+            "",
+        ]
+    lines += [
+        "| code | size | stage | precision | batch | px | s/step | steps/s | images/s | bf16 speed-up | vs baseline fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["training"]:
         speedup = f"{r['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in r else ""
+        versus = f"{r['speedup_vs_baseline_fp32']:.2f}x" if "speedup_vs_baseline_fp32" in r else ""
         lines.append(
-            f"| {r['size']} | {r['stage']} | {r['precision']} | {r['batch_size']} | {r['resolution']} | "
-            f"{r['seconds_per_step']:.2f} | {r['steps_per_s']:.3f} | {r['images_per_s']:.1f} | {speedup} |"
+            f"| {r.get('code', 'this')} | {r['size']} | {r['stage']} | {r['precision']} | {r['batch_size']} | "
+            f"{r['resolution']} | {r['seconds_per_step']:.3f} | {r['steps_per_s']:.3f} | {r['images_per_s']:.1f} | "
+            f"{speedup} | {versus} |"
         )
-    lines += [
-        "",
-        "## VQIG rendering (paper-scale architecture, untrained weights: speed only)",
-        "",
-        "| px | precision | batch | frames | frames/s | x real time (25 fps) |",
-        "|---|---|---|---|---|---|",
-    ]
+    if result.get("loss_terms"):
+        lines += [
+            "",
+            "## Loss terms (forward + backward, batch 16, 64 px, float32)",
+            "",
+            "| term | ms |",
+            "|---|---|",
+        ]
+        lines += [f"| {name} | {ms:.1f} |" for name, ms in result["loss_terms"].items()]
+    if result["rendering"]:
+        lines += [
+            "",
+            "## VQIG rendering (paper-scale architecture, untrained weights: speed only)",
+            "",
+            "| px | precision | batch | frames | frames/s | x real time (25 fps) |",
+            "|---|---|---|---|---|---|",
+        ]
     for r in result["rendering"]:
         lines.append(
             f"| {r['resolution']} | {r['precision']} | {r['batch_size']} | {r['frames']} | "
@@ -194,10 +224,53 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def time_baseline(ref: str, worktree: Path, sizes: list[str], repeats: int) -> list[dict[str, Any]]:
+    """Training rows of commit ``ref``'s own benchmark, run from a worktree in a subprocess."""
+    out = worktree.parent / "baseline_results"
+    command = [sys.executable, "benchmarks/vq_speed.py", "--skip-rendering", "--repeats", str(repeats)]
+    command += ["--train-sizes", *sizes, "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(worktree))
+    subprocess.run(command, cwd=worktree, env=env, check=True)
+    rows = json.loads((out / "vq_speed.json").read_text())["training"]
+    for row in rows:
+        row["code"] = ref
+    return rows
+
+
+def time_loss_terms(repeats: int = 5) -> dict[str, float]:
+    """ms per forward + backward of the reconstruction-side terms (ours against torchmetrics)."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
+    from flowvq.nn.perceptual import ms_ssim
+    from flowvq.nn.vq_losses import color_loss
+
+    torch.manual_seed(0)
+    target = torch.rand(16, 3, 64, 64) * 2 - 1
+    recon = (target + 0.2 * torch.randn_like(target)).requires_grad_(True)
+    terms = {
+        "ms_ssim (flowvq, 4 scales, 7 px window)": lambda: ms_ssim(recon, target).mean(),
+        "ms_ssim (torchmetrics, same scales and window)": lambda: multiscale_structural_similarity_index_measure(
+            recon, target, data_range=2.0, kernel_size=7, betas=(0.0448, 0.2856, 0.3001, 0.2363)
+        ),
+        "color_loss (8 px blocks)": lambda: color_loss(target, recon),
+        "l1": lambda: (recon - target).abs().mean(),
+    }
+    result = {}
+    for name, term in terms.items():
+        term().backward()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            term().backward()
+        result[name] = (time.perf_counter() - start) / repeats * 1000
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-sizes", nargs="*", default=["tiny"], choices=sorted(CONFIGS))
     parser.add_argument("--repeats", type=int, default=3, help="timed training steps per setting")
+    parser.add_argument("--baseline", help="a git commit to time against, from a worktree (training only)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (baseline, this) per setting")
     parser.add_argument("--resolutions", nargs="*", type=int, default=[128, 256])
     parser.add_argument("--batch-sizes", nargs="*", type=int, default=[1, 16])
     parser.add_argument("--frames", type=int, default=1, help="frames rendered per timing (at least the batch size)")
@@ -210,8 +283,11 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
-        "command": "python benchmarks/vq_speed.py " + " ".join(os.sys.argv[1:]),
+        "command": "python benchmarks/vq_speed.py " + " ".join(sys.argv[1:]),
+        "baseline": args.baseline,
+        "rounds": args.rounds,
         "training": [],
+        "loss_terms": {},
         "rendering": [],
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -221,10 +297,47 @@ def main() -> None:
         (args.out / "vq_speed.md").write_text(markdown(result))
 
     if not args.skip_training:
-        for size in args.train_sizes:
-            for stage in ("vqgan", "vqig"):
-                result["training"] += time_training(size, stage, args.repeats)
-                save()
+        best: dict[tuple, dict[str, Any]] = {}
+
+        def keep(rows: list[dict[str, Any]]) -> None:
+            for row in rows:
+                key = (row.get("code", "this"), row["size"], row["stage"], row["precision"])
+                if key not in best or row["seconds_per_step"] < best[key]["seconds_per_step"]:
+                    best[key] = row
+
+        with tempfile.TemporaryDirectory(prefix="vq_speed_baseline_") as tmp:
+            worktree = Path(tmp) / "tree"
+            if args.baseline:
+                subprocess.run(
+                    ["git", "worktree", "add", "--detach", str(worktree), args.baseline], cwd=ROOT, check=True
+                )
+            try:
+                for _ in range(args.rounds):
+                    if args.baseline:
+                        keep(time_baseline(args.baseline, worktree, args.train_sizes, args.repeats))
+                    for size in args.train_sizes:
+                        for stage in ("vqgan", "vqig"):
+                            rows = time_training(size, stage, args.repeats)
+                            for row in rows:
+                                row["code"] = "this"
+                            keep(rows)
+            finally:
+                if args.baseline:
+                    subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
+        rows = sorted(best.values(), key=lambda r: (r["size"], r["stage"], r["code"] != args.baseline, r["precision"]))
+        for row in rows:
+            code = row["code"]
+            fp32 = best.get((code, row["size"], row["stage"], "32-true"))
+            if row["precision"] != "32-true" and fp32:
+                row["speedup_vs_fp32"] = fp32["seconds_per_step"] / row["seconds_per_step"]
+            else:
+                row.pop("speedup_vs_fp32", None)
+            base = best.get((args.baseline, row["size"], row["stage"], "32-true")) if args.baseline else None
+            if base:
+                row["speedup_vs_baseline_fp32"] = base["seconds_per_step"] / row["seconds_per_step"]
+        result["training"] = rows
+        result["loss_terms"] = time_loss_terms()
+        save()
     if not args.skip_rendering:
         result["rendering"] = time_rendering(args.resolutions, args.batch_sizes, args.frames)
     save()

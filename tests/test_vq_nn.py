@@ -9,7 +9,7 @@ from flowvq.nn.discriminator import PatchDiscriminator
 from flowvq.nn.perceptual import VGGPerceptual, ms_ssim, ssim
 from flowvq.nn.quantizer import Quantizer, codebook_usage
 from flowvq.nn.vq_autoencoder import VQAutoencoder
-from flowvq.nn.vq_losses import VQLoss, adaptive_gan_weight, hinge_d_loss
+from flowvq.nn.vq_losses import VQLoss, adaptive_gan_weight, color_loss, hinge_d_loss
 from flowvq.nn.vqig import CodebookAttention, VQIGNet
 from flowvq.nn.warping import WarpingNetwork, warp
 
@@ -203,6 +203,82 @@ def test_ssim_and_ms_ssim() -> None:
     torch.testing.assert_close(ms_ssim(x, x), torch.ones(2))
     noisy = (x + 0.5 * torch.randn_like(x)).clamp(-1, 1)
     assert torch.all(ms_ssim(x, noisy) < 0.9) and torch.all(ssim(x, noisy) < 0.9)
+
+
+def _ssim_with_a_2d_window(x: torch.Tensor, y: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM written out the textbook way: images in [0, 1], five 2-D Gaussian convolutions, valid region."""
+    x, y = (x + 1) / 2, (y + 1) / 2
+    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    window = (g[:, None] * g[None, :] / g.sum() ** 2).expand(x.shape[1], 1, size, size)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(t, window, groups=x.shape[1])
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    value = (2 * mx * my + c1) * (2 * cov + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return value.flatten(1).mean(1)
+
+
+def test_ssim_equals_the_textbook_form_and_ignores_autocast() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 40, 40) * 2 - 1
+    y = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
+    reference = _ssim_with_a_2d_window(x, y)
+    torch.testing.assert_close(ssim(x, y), reference, atol=1e-5, rtol=1e-5)
+    multi = ms_ssim(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(ssim(x, y), reference, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ms_ssim(x, y), multi, atol=1e-5, rtol=1e-5)
+    # the luminance term needs non-negative intensities: the same images scored in [0, 1]
+    torch.testing.assert_close(ssim((x + 1) / 2, (y + 1) / 2, value_range=(0.0, 1.0)), reference)
+    with pytest.raises(ValueError, match="value_range"):
+        ssim(x, y, value_range=(1.0, -1.0))
+
+
+def test_color_loss_sees_a_colour_cast_that_ms_ssim_misses() -> None:
+    torch.manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8) * 1.6 - 0.8, size=64, mode="bilinear")
+    cast = x + torch.tensor([0.1, -0.1, 0.1]).view(1, 3, 1, 1)  # a purple cast, 0.1 per channel
+    texture = x + 0.1 * torch.sign(torch.randn_like(x))  # zero-mean texture error, the same L1
+    torch.testing.assert_close((cast - x).abs().mean(), (texture - x).abs().mean())
+    assert ms_ssim(cast, x).min() > ms_ssim(texture, x).max()  # MS-SSIM: the cast is the smaller error
+    assert color_loss(x, cast) > 5 * color_loss(x, texture)  # the colour term: the cast is the error
+    assert color_loss(x, x) == 0
+    with pytest.raises(ValueError, match="color_weight"):
+        VQLoss(color_weight=-1.0)
+    loss = VQLoss(color_weight=1.0, disc_channels=8, disc_layers=2)
+    _, logs = loss.generator_loss(x, cast, step=0)
+    torch.testing.assert_close(logs["color"], color_loss(x, cast))
+
+
+def test_generator_loss_runs_the_discriminator_once_per_image_batch() -> None:
+    """Feature matching and the GAN term share one pass on the generated images."""
+    torch.manual_seed(0)
+    loss = VQLoss(disc_start=0, disc_channels=8, disc_layers=2)
+    calls = []
+    loss.discriminator.register_forward_hook(lambda module, args, out: calls.append(torch.is_grad_enabled()))
+    ae = VQAutoencoder(**TINY_AE)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    recon, commit, _ = ae(images)
+    total, logs = loss.generator_loss(images, recon, step=0, extra_loss=commit, last_layer=ae.last_layer)
+    assert {"feature_match", "g_gan"} <= set(logs)
+    assert sorted(calls) == [False, True]  # real features without a graph, generated images with one
+    total.backward()
+    assert ae.last_layer.grad is not None
+
+
+def test_codes_reach_the_decoder_in_nchw() -> None:
+    """The codebook lookup comes back channels-last from the library; GroupNorm is slow on that layout."""
+    ae = VQAutoencoder(**TINY_AE).train()
+    quantized, _, indices = ae.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert quantized.is_contiguous()
+    assert ae.quantizer.indices_to_codes(indices).is_contiguous()
+    attention = CodebookAttention(8, num_heads=2)
+    _, soft, hard = attention(torch.randn(2, 8, 4, 4), torch.randn(16, 8))
+    assert soft.is_contiguous() and hard.is_contiguous()
 
 
 def test_vgg_perceptual_loads_a_local_file(tmp_path) -> None:

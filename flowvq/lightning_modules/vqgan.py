@@ -96,7 +96,7 @@ class VQGAN(L.LightningModule):
         threshold_ema_dead_code: replace entries whose EMA usage falls below this (0 = never).
         pixel_weight, perceptual_weight, perceptual_weights_path, feature_match_weight,
         ssim_weight, disc_weight, disc_start, adaptive_gan_weight, disc_channels, disc_layers,
-        disc_norm: the loss (see :class:`~flowvq.nn.vq_losses.VQLoss`).
+        disc_norm, color_weight, color_pool: the loss (see :class:`~flowvq.nn.vq_losses.VQLoss`).
         lr: learning rate of both Adam optimizers.
         betas: Adam betas (0.5, 0.9) as in taming.
         log_images: reconstructions logged per validation epoch (0 = none).
@@ -126,6 +126,8 @@ class VQGAN(L.LightningModule):
         disc_channels: int = 64,
         disc_layers: int = 3,
         disc_norm: str = "group",
+        color_weight: float = 0.0,
+        color_pool: int = 8,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.5, 0.9),
         log_images: int = 8,
@@ -158,6 +160,8 @@ class VQGAN(L.LightningModule):
             disc_channels=disc_channels,
             disc_layers=disc_layers,
             disc_norm=disc_norm,
+            color_weight=color_weight,
+            color_pool=color_pool,
         )
         # Training batches seen (not optimizer steps): the clock of disc_start.
         self.register_buffer("train_batches", torch.zeros((), dtype=torch.long))

@@ -73,7 +73,7 @@ class VQIG(L.LightningModule):
         lookup: the generator (see :class:`~flowvq.nn.vqig.VQIGNet`).
         use_warp, use_fusion, use_cross_attention, use_codebook: ablation switches.
         pixel_weight, perceptual_weight, perceptual_weights_path, feature_match_weight,
-        ssim_weight, disc_weight, disc_start, disc_channels, disc_layers, disc_norm: image
+        ssim_weight, disc_weight, disc_start, disc_channels, disc_layers, disc_norm, color_weight, color_pool: image
             losses (see :class:`~flowvq.nn.vq_losses.VQLoss`; the GAN weight is fixed since the
             decoder is frozen).
         code_weight: weight of the code cross-entropy.
@@ -116,6 +116,8 @@ class VQIG(L.LightningModule):
         disc_channels: int = 64,
         disc_layers: int = 3,
         disc_norm: str = "group",
+        color_weight: float = 0.0,
+        color_pool: int = 8,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.5, 0.9),
         log_images: int = 8,
@@ -166,6 +168,8 @@ class VQIG(L.LightningModule):
             disc_channels=disc_channels,
             disc_layers=disc_layers,
             disc_norm=disc_norm,
+            color_weight=color_weight,
+            color_pool=color_pool,
         )
         # Saved with the model: a VQIG checkpoint already holds its codebook.
         self.register_buffer("codebook_loaded", torch.zeros((), dtype=torch.bool))

@@ -11,12 +11,14 @@ import math
 
 from torch import Tensor, nn
 
+from flowvq.nn.vq_autoencoder import GroupNorm
+
 __all__ = ["PatchDiscriminator"]
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "group":
-        return nn.GroupNorm(math.gcd(32, channels), channels)
+        return GroupNorm(math.gcd(32, channels), channels)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "none":

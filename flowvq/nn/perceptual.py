@@ -21,6 +21,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -108,58 +109,94 @@ class VGGPerceptual(nn.Module):
         return total
 
 
-def _gaussian_window(size: int, sigma: float, channels: int, like: Tensor) -> Tensor:
+def _gaussian_taps(size: int, sigma: float, like: Tensor) -> Tensor:
+    """A normalised 1-D Gaussian (size,)."""
     coords = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+    return g / g.sum()
 
 
-def _ssim_terms(x: Tensor, y: Tensor, window: Tensor, data_range: float) -> tuple[Tensor, Tensor]:
-    """Per-image mean SSIM and contrast-structure terms, each (B,)."""
+def _unit_range(x: Tensor, y: Tensor, value_range: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """Both batches in float32, mapped from ``value_range`` to [0, 1].
+
+    SSIM's luminance term 2 mu_x mu_y / (mu_x^2 + mu_y^2) assumes non-negative intensities: on
+    images in [-1, 1], whose means sit near 0, it swings to 0 or below for a small shift of a
+    mid-grey region, so it must see the images in [0, 1] (where the same shift costs ~1%).
+    """
+    low, high = value_range
+    if not high > low:
+        raise ValueError(f"value_range={value_range}: expected (low, high) with high > low, e.g. (-1.0, 1.0)")
+    return (x.float() - low) / (high - low), (y.float() - low) / (high - low)
+
+
+def _ssim_terms(x: Tensor, y: Tensor, taps: Tensor, data_range: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Per-image mean SSIM and contrast-structure terms, each (B,), of float32 (B, C, H, W) batches in [0, 1].
+
+    The five local moments (x, y, x^2, y^2, xy) are filtered together: one depthwise pass of the
+    separable Gaussian along each axis over their channel stack, instead of five 2-D convolutions.
+    """
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     channels = x.shape[1]
-    mu_x = F.conv2d(x, window, groups=channels)
-    mu_y = F.conv2d(y, window, groups=channels)
-    var_x = F.conv2d(x * x, window, groups=channels) - mu_x**2
-    var_y = F.conv2d(y * y, window, groups=channels) - mu_y**2
-    cov = F.conv2d(x * y, window, groups=channels) - mu_x * mu_y
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (B, 5C, H, W)
+    groups = stack.shape[1]
+    size = taps.shape[0]
+    stack = F.conv2d(stack, taps.view(1, 1, 1, size).expand(groups, 1, 1, size), groups=groups)
+    stack = F.conv2d(stack, taps.view(1, 1, size, 1).expand(groups, 1, size, 1), groups=groups)
+    mu_x, mu_y, xx, yy, xy = stack.split(channels, dim=1)
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     cs = (2 * cov + c2) / (var_x + var_y + c2)
     luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
     return (luminance * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
 
 
-def ssim(x: Tensor, y: Tensor, data_range: float = 2.0, window_size: int = 11, sigma: float = 1.5) -> Tensor:
+def ssim(
+    x: Tensor,
+    y: Tensor,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    window_size: int = 11,
+    sigma: float = 1.5,
+) -> Tensor:
     """Structural similarity per image (B,) of (B, C, H, W) batches (Gaussian window, valid region).
 
-    ``data_range`` is 2 for images in [-1, 1].
+    ``value_range`` is the images' (black, white); they are scored in [0, 1], the range SSIM's
+    constants assume. Computed in float32 whatever the autocast state: the variances are
+    differences of moments, which bfloat16 cancels to noise.
     """
-    x, y = x.float(), y.float()
-    window = _gaussian_window(min(window_size, x.shape[-1], x.shape[-2]), sigma, x.shape[1], x)
-    return _ssim_terms(x, y, window, data_range)[0]
+    with torch.autocast(x.device.type, enabled=False):
+        x, y = _unit_range(x, y, value_range)
+        taps = _gaussian_taps(min(window_size, x.shape[-1], x.shape[-2]), sigma, x)
+        return _ssim_terms(x, y, taps)[0]
 
 
 _MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
-def ms_ssim(x: Tensor, y: Tensor, data_range: float = 2.0, scales: int = 5, window_size: int = 7) -> Tensor:
+def ms_ssim(
+    x: Tensor, y: Tensor, value_range: tuple[float, float] = (-1.0, 1.0), scales: int = 5, window_size: int = 7
+) -> Tensor:
     """Multi-scale SSIM per image (B,): contrast-structure at each scale, luminance at the coarsest.
 
     The number of scales shrinks so that the coarsest scale is still as large as the window (a
     64 px face gets 4 scales with the default 7 px window); the standard weights are renormalised.
+    Images are scored in [0, 1] and in float32 whatever the autocast state (see :func:`ssim`).
+
+    Note that SSIM compares means only through its luminance term, here at the coarsest scale
+    alone, and per channel: a loss built on it lets the mean colour drift (see
+    :class:`flowvq.nn.vq_losses.VQLoss`'s colour term).
     """
-    x, y = x.float(), y.float()
-    size = min(x.shape[-2:])
-    scales = max(1, min(scales, 1 + int(torch.log2(torch.tensor(size / window_size)).floor().item())))
-    weights = torch.tensor(_MS_WEIGHTS[:scales], dtype=x.dtype, device=x.device)
-    weights = weights / weights.sum()
-    window = _gaussian_window(window_size, 1.5, x.shape[1], x)
-    values = []
-    for scale in range(scales):
-        full, cs = _ssim_terms(x, y, window, data_range)
-        values.append(full if scale == scales - 1 else cs)
-        if scale < scales - 1:
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-    # relu keeps the product defined when a term is negative early in training.
-    stacked = torch.stack(values, dim=1).relu()  # (B, S)
-    return (stacked.clamp_min(1e-6) ** weights).prod(1)
+    with torch.autocast(x.device.type, enabled=False):
+        x, y = _unit_range(x, y, value_range)
+        size = min(x.shape[-2:])
+        scales = max(1, min(scales, 1 + int(math.floor(math.log2(size / window_size)))))
+        weights = torch.tensor(_MS_WEIGHTS[:scales], dtype=x.dtype, device=x.device)
+        weights = weights / weights.sum()
+        taps = _gaussian_taps(window_size, 1.5, x)
+        values = []
+        for scale in range(scales):
+            full, cs = _ssim_terms(x, y, taps)
+            values.append(full if scale == scales - 1 else cs)
+            if scale < scales - 1:
+                x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+        # relu keeps the product defined when a term is negative early in training.
+        stacked = torch.stack(values, dim=1).relu()  # (B, S)
+        return (stacked.clamp_min(1e-6) ** weights).prod(1)

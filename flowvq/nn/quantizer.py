@@ -101,11 +101,13 @@ class Quantizer(nn.Module):
             indices = self.nearest(z)
             return self.indices_to_codes(indices), z.new_zeros(()), indices
         quantized, indices, commit_loss = self.vq(z, freeze_codebook=freeze_codebook)
-        return quantized, commit_loss, indices
+        # The library hands back a channels-last view; every layer after it would then run
+        # channels-last, where GroupNorm is 2x (fp32) to 15x (bf16) slower on CPU than in NCHW.
+        return quantized.contiguous(), commit_loss, indices
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """Indices (B, h, w) -> codes (B, D, h, w); the inverse of the lookup in :meth:`forward`."""
-        return rearrange(self.codebook[indices], "b h w d -> b d h w")
+        return rearrange(self.codebook[indices], "b h w d -> b d h w").contiguous()
 
     def logits(self, z: Tensor) -> Tensor:
         """Similarity of every grid position to every entry, (B, h*w, K): the negative squared

@@ -22,12 +22,24 @@ from torch import Tensor, nn
 
 from flowvq.nn.quantizer import Quantizer
 
-__all__ = ["AttentionBlock", "Decoder", "Encoder", "ResnetBlock", "VQAutoencoder", "group_norm"]
+__all__ = ["AttentionBlock", "Decoder", "Encoder", "GroupNorm", "ResnetBlock", "VQAutoencoder", "group_norm"]
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` on a contiguous (NCHW) input.
+
+    PyTorch's CPU GroupNorm is 2x (float32) to 15x (bfloat16, forward + backward) slower on a
+    channels-last tensor than on the same tensor in NCHW, and channels-last layouts arrive
+    unasked (a rearranged codebook lookup, a convolution fed one): one copy is cheaper.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.contiguous())
+
+
+def group_norm(channels: int) -> GroupNorm:
     """GroupNorm with up to 32 groups that divide ``channels`` (tiny configs use 8 or 16 channels)."""
-    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+    return GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):

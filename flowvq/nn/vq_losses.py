@@ -22,7 +22,27 @@ from torch import Tensor, nn
 from flowvq.nn.discriminator import PatchDiscriminator
 from flowvq.nn.perceptual import VGGPerceptual, ms_ssim
 
-__all__ = ["VQLoss", "adaptive_gan_weight", "hinge_d_loss"]
+__all__ = ["VQLoss", "adaptive_gan_weight", "color_loss", "hinge_d_loss"]
+
+#: RGB -> YIQ: luma and the two chroma axes (I: orange-blue, Q: purple-green), each row unit length,
+#: so that a chroma error counts as much as a luma error of the same size.
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ = _YIQ / _YIQ.norm(dim=1, keepdim=True)
+
+
+def color_loss(target: Tensor, recon: Tensor, pool: int = 8) -> Tensor:
+    """Mean L1 distance between the block-mean colours of two image batches (B, 3, H, W).
+
+    Each ``pool`` x ``pool`` block is averaged (what is left is colour, not texture), then
+    both are rotated into luma / chroma (YIQ, rows normalised) and compared. Float32.
+    """
+    with torch.autocast(recon.device.type, enabled=False):
+        pool = max(1, min(pool, recon.shape[-1], recon.shape[-2]))
+        low_t = F.avg_pool2d(target.float(), pool)
+        low_r = F.avg_pool2d(recon.float(), pool)
+        basis = _YIQ.to(recon.device)
+        diff = torch.einsum("ck,bkhw->bchw", basis, low_r - low_t)
+        return diff.abs().mean()
 
 
 def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
@@ -57,6 +77,11 @@ class VQLoss(nn.Module):
         adaptive_weight: balance the GAN gradient against the reconstruction gradient at the
             decoder's last layer; otherwise ``disc_weight`` alone.
         disc_channels, disc_layers, disc_norm: the :class:`PatchDiscriminator`.
+        color_weight: weight of :func:`color_loss`, the L1 distance of the images' local mean
+            colours in a luma/chroma basis (0 = off). MS-SSIM compares means only at its
+            coarsest scale and L1 weighs a colour cast no more than any other error, so without
+            this term a codebook can hand back the right layout in the wrong colours.
+        color_pool: side in pixels of the blocks whose mean colour :func:`color_loss` compares.
     """
 
     def __init__(
@@ -72,8 +97,17 @@ class VQLoss(nn.Module):
         disc_channels: int = 64,
         disc_layers: int = 3,
         disc_norm: str = "group",
+        color_weight: float = 0.0,
+        color_pool: int = 8,
     ) -> None:
         super().__init__()
+        if color_weight < 0 or color_pool < 1:
+            raise ValueError(
+                f"color_weight={color_weight} and color_pool={color_pool}: expected color_weight >= 0 "
+                "(0 turns the colour term off) and color_pool >= 1 pixels"
+            )
+        self.color_weight = color_weight
+        self.color_pool = color_pool
         self.pixel_weight = pixel_weight
         self.perceptual_weight = perceptual_weight
         self.feature_match_weight = feature_match_weight
@@ -87,12 +121,22 @@ class VQLoss(nn.Module):
     def gan_active(self, step: int) -> bool:
         return step >= self.disc_start
 
-    def reconstruction_loss(self, target: Tensor, recon: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """L1 + perceptual (or the fallback), the part of the loss that needs no adversary."""
+    def reconstruction_loss(
+        self, target: Tensor, recon: Tensor, fake: tuple[Tensor, list[Tensor]] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """L1 + colour + perceptual (or the fallback), the part of the loss that needs no adversary.
+
+        ``fake`` is the discriminator's (logits, features) on ``recon`` when the caller already
+        has them (:meth:`generator_loss` shares one pass between feature matching and the GAN term).
+        """
         logs: dict[str, Tensor] = {}
         l1 = (target - recon).abs().mean()
         loss = self.pixel_weight * l1
         logs["l1"] = l1.detach()
+        if self.color_weight > 0:
+            color = color_loss(target, recon, self.color_pool)
+            loss = loss + self.color_weight * color
+            logs["color"] = color.detach()
         if self.perceptual is not None:
             perceptual = self.perceptual(recon.float(), target.float())
             loss = loss + self.perceptual_weight * perceptual
@@ -103,9 +147,12 @@ class VQLoss(nn.Module):
                 loss = loss + self.ssim_weight * ssim_term
                 logs["ms_ssim_loss"] = ssim_term.detach()
             if self.feature_match_weight > 0:
-                _, real_features = self.discriminator(target, return_features=True)
-                _, fake_features = self.discriminator(recon, return_features=True)
-                matching = sum((f - r.detach()).abs().mean() for f, r in zip(fake_features, real_features))
+                # Before disc_start the discriminator has not trained: its features are those of a
+                # random network (still a multi-scale feature distance, but no learnt one).
+                with torch.no_grad():
+                    _, real_features = self.discriminator(target, return_features=True)
+                _, fake_features = fake if fake is not None else self.discriminator(recon, return_features=True)
+                matching = sum((f - r).abs().mean() for f, r in zip(fake_features, real_features))
                 matching = matching / len(fake_features)
                 loss = loss + self.feature_match_weight * matching
                 logs["feature_match"] = matching.detach()
@@ -129,12 +176,16 @@ class VQLoss(nn.Module):
             last_layer: the decoder's last weight, for the adaptive GAN weight; with ``None``
                 (a frozen decoder) ``disc_weight`` is used alone.
         """
-        rec_loss, logs = self.reconstruction_loss(target, recon)
+        gan_on = self.gan_active(step) and self.disc_weight > 0
+        matching = self.perceptual is None and self.feature_match_weight > 0
+        # One discriminator pass on the generated images serves feature matching and the GAN term.
+        fake = self.discriminator(recon, return_features=True) if gan_on or matching else None
+        rec_loss, logs = self.reconstruction_loss(target, recon, fake)
         loss = rec_loss
         if extra_loss is not None:
             loss = loss + extra_loss
-        if self.gan_active(step) and self.disc_weight > 0:
-            gan_loss = -self.discriminator(recon).mean()
+        if gan_on:
+            gan_loss = -fake[0].float().mean()
             weight = torch.tensor(self.disc_weight, device=recon.device)
             if self.adaptive_weight and last_layer is not None and last_layer.requires_grad and torch.is_grad_enabled():
                 weight = weight * adaptive_gan_weight(rec_loss, gan_loss, last_layer)

@@ -156,8 +156,9 @@ class CodebookAttention(nn.Module):
         scores = torch.einsum("benc,ekc->benk", q, k) / (q.shape[-1] ** 0.5 * self.temperature)  # (B, E, n, K)
         logits = scores.mean(1)  # (B, n, K)
         soft = torch.einsum("benk,ekc->benc", scores.softmax(-1), v.to(scores.dtype))  # (B, E, n, c)
-        soft = rearrange(soft, "b e (h w) c -> b (e c) h w", h=h)
-        hard = rearrange(codebook[logits.argmax(-1)], "b (h w) d -> b d h w", h=h)
+        # contiguous: the decoder's GroupNorms are slow on the channels-last views rearrange gives
+        soft = rearrange(soft, "b e (h w) c -> b (e c) h w", h=h).contiguous()
+        hard = rearrange(codebook[logits.argmax(-1)], "b (h w) d -> b d h w", h=h).contiguous()
         return logits, soft, hard
 
 
@@ -254,7 +255,7 @@ class VQIGNet(nn.Module):
         else:
             # Without cross-attention the fused features are quantized to their nearest entry.
             logits = self.autoencoder.quantizer.logits(fused)
-            hard = rearrange(codebook[logits.argmax(-1)], "b (h w) d -> b d h w", h=fused.shape[-2])
+            hard = rearrange(codebook[logits.argmax(-1)], "b (h w) d -> b d h w", h=fused.shape[-2]).contiguous()
             soft = fused
         if not self.training or self.lookup == "hard":
             codes = hard
