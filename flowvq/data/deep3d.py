@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from flowvq.data.card import DatasetCard
-from flowvq.data.preprocess.commands import extract_config, run_preprocess
+from flowvq.data.preprocess.commands import extract_config, quality_gate, run_preprocess
 from flowvq.data.preprocess.layouts import MEAD_TEST_SPEAKERS, ClipSpec, LayoutError, scan_folder, scan_mead
 from flowvq.data.preprocess.runner import RunSummary
 
@@ -134,6 +134,11 @@ def import_deep3d(
     allow_missing: bool = False,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
+    max_trim: float = 2.0,
+    min_detected: float = 0.8,
+    min_confirmed: float = 0.5,
+    min_ordered: float = 0.95,
 ) -> DatasetCard | RunSummary:
     """Import Deep3DFaceRecon coefficients (PIRenderer ``coeff`` [T, 257] or SadTalker
     ``coeff_3dmm`` [T, 73] ``.mat`` files) with their videos into clip shards.
@@ -164,6 +169,14 @@ def import_deep3d(
         allow_missing: pack even if some clips were neither extracted nor failed.
         seed: for the split draw and the shard shuffle.
         progress: show progress bars.
+        overwrite: pack a finished dataset in out again; without it (or --merge true) a
+            finished dataset is left as it is.
+        max_trim: leading and trailing frames without a face are cut (with their coefficient
+            rows), up to this many seconds at each end.
+        min_detected: quality gate: least fraction of frames where FaceMesh finds the face.
+        min_confirmed: quality gate: least fraction of sampled frames where the face detector
+            confirms an upright face on the mesh.
+        min_ordered: quality gate: least fraction of frames whose landmarks are in a face's order.
     """
     coeffs, videos = Path(coeffs), Path(videos)
     if not coeffs.is_dir():
@@ -180,7 +193,9 @@ def import_deep3d(
             f"none of the {len(specs)} videos under {str(videos)!r} has a .mat under {str(coeffs)!r} "
             "(expected the video's relative path with .mat, or <clip_id>.mat)"
         )
-    config = extract_config(size, frames, crop_smoothing, max_gap=5, refine_landmarks=True, n_mels=n_mels)
+    config = extract_config(
+        size, frames, crop_smoothing, max_gap=5, refine_landmarks=True, n_mels=n_mels, max_trim=max_trim
+    )
     out = Path(out)
     unmatched = [s for s in specs if s.clip_id not in matched]
     if unmatched and not merge:
@@ -208,5 +223,7 @@ def import_deep3d(
         coefficients=matched,
         load_coefficients=load_coefficients,
         coefficient_source="deep3dfacerecon",
+        overwrite=overwrite,
+        quality=quality_gate(min_detected, min_confirmed, min_ordered),
         extra={"source": "deep3dfacerecon", "coeffs": str(coeffs), "videos": str(videos)},
     )

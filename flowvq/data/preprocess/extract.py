@@ -94,7 +94,7 @@ class ExtractConfig:
     refine_landmarks: bool = True
     max_gap: int = 5
     max_trim: float = 2.0
-    quality_samples: int = 12
+    quality_samples: int = 6
     min_frames: int = 8
     max_audio_shortfall: float = 0.1
     jpeg_quality: int = 90
