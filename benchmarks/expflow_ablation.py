@@ -72,11 +72,11 @@ def _trainer(epochs: int, root: Path) -> Any:
     )
 
 
-def _data(root: Path, batch_size: int, windows_per_clip: int) -> Any:
+def _data(root: Path, batch_size: int, windows_per_clip: int, window: int = 32) -> Any:
     from flowvq.datamodules import CoefficientDataModule
 
     return CoefficientDataModule(
-        root, window=32, prev_frames=4, batch_size=batch_size, windows_per_clip=windows_per_clip
+        root, window=window, prev_frames=4, batch_size=batch_size, windows_per_clip=windows_per_clip
     )
 
 

@@ -47,7 +47,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {},
     "recurrent_window": dict(recurrent_window=32),
     "recurrent_window+history_noise": dict(recurrent_window=32, history_noise=0.3),
+    "history_noise0.3": dict(history_noise=0.3),
+    "history_noise0.6": dict(history_noise=0.6),
     "no_frame_dropout": dict(data_dropout_mode="sequence"),  # PoseFlow's configs use frame mode
+    # training windows of 64 frames (the DataModule's window; "window" is not a model option)
+    "window64": dict(window=64),
+    "window64+recurrent_window": dict(window=64, recurrent_window=32),
 }
 LONG = {"10s": 250, "60s": 1500}
 SAMPLES, TEMPERATURE, WINDOW = 4, 0.8, 32
@@ -205,17 +210,22 @@ def main(argv: list[str] | None = None) -> int:
             from flowvq.lightning_modules.emotion_classifier import EmotionClassifier
 
             classifier = EmotionClassifier.load_from_checkpoint(args.classifier, map_location="cpu", weights_only=False)
+        elif (work / "classifier.pt").is_file():  # trained by an earlier run in this folder
+            classifier = torch.load(work / "classifier.pt", weights_only=False)
         else:
             classifier, _ = train_classifier(args.data, args.classifier_epochs, work)
+            torch.save(classifier, work / "classifier.pt")
     config = yaml.safe_load((ROOT / f"configs/tiny/{name}.yaml").read_text())["model"]["init_args"]
     config = {k: v for k, v in config.items() if k != "emotion_classifier"}
     clips = whole_clips(args.data, config.get("prev_frames", 4))
     rows = []
     for variant in args.variants:
         for seed in args.seeds:
-            data = _data(args.data, 16, 4)
+            options = dict(VARIANTS[variant])
+            window = options.pop("window", 32)
+            data = _data(args.data, 16 if window == 32 else 8, 4 if window == 32 else 2, window)
             torch.manual_seed(seed)
-            model = CoefficientFlow(**{**config, **VARIANTS[variant], **data.dims})
+            model = CoefficientFlow(**{**config, **options, **data.dims})
             checkpoint = work / f"{name}_{variant}_seed{seed}_e{args.epochs}.ckpt"
             start = time.perf_counter()
             if checkpoint.is_file():
