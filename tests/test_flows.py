@@ -288,3 +288,20 @@ def test_recurrent_window_forgets_frames_beyond_it():
     torch.testing.assert_close(z_moved[:, 5], z[:, 5])
     moved[:, 2] += 3.0  # the oldest frame inside it does
     assert not torch.allclose(net(moved, mel)[0][:, 5], z[:, 5])
+
+
+def test_own_history_starts_from_the_truth_and_then_runs_free():
+    """Scheduled sampling: the history is a free-running sample near the window (its own latents
+    plus noise, decoded from generated history); without the noise it is the window itself."""
+    net = _net("student_t_gru", self_history=1.0).train()
+    w = _window(b=2, t=5)
+    own = net._own_history(w["x"], w["mel"], w["prev"], w["prev_mask"])
+    assert not torch.allclose(own, w["x"])
+    net.self_history_spread = 0.0  # an invertible flow decodes its own latents back exactly
+    torch.testing.assert_close(net._own_history(w["x"], w["mel"], w["prev"], w["prev_mask"]), w["x"])
+    net.self_history_spread = 0.5
+    lp = net.log_prob(w["x"], w["mel"], torch.tensor([0, 1]), None, w["prev"], w["prev_mask"])
+    teacher = (
+        _net("student_t_gru").train().log_prob(w["x"], w["mel"], torch.tensor([0, 1]), None, w["prev"], w["prev_mask"])
+    )
+    assert torch.allclose(lp[:, 0], teacher[:, 0]) and not torch.allclose(lp[:, 1:], teacher[:, 1:])

@@ -90,6 +90,10 @@ class CoefficientFlow(LightningModule):
         recurrent_window: frames each recurrent state is computed over, in training and
             sampling alike (None: since the window's or the clip's start; see
             :mod:`flowvq.nn.flows`).
+        self_history: fraction of training windows conditioned on the network's own
+            free-running reconstruction instead of the ground truth's history (scheduled
+            sampling; see :mod:`flowvq.nn.flows`); ``self_history_spread`` the std of the
+            noise on the latents it decodes.
         jaw_dim: the expression dim that opens the jaw, for lip-sync scores (ExpFlow); None:
             the card's ``jaw_open`` dim. Data whose dims are not named (PCA coefficients) has
             none: lip-sync is then not scored, with a warning, until this is set.
@@ -135,6 +139,8 @@ class CoefficientFlow(LightningModule):
         output_clip: float | None = 10.0,
         history_noise: float = 0.0,
         recurrent_window: int | None = None,
+        self_history: float = 0.0,
+        self_history_spread: float = 0.5,
         jaw_dim: int | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -186,6 +192,8 @@ class CoefficientFlow(LightningModule):
             output_clip=output_clip,
             history_noise=history_noise,
             recurrent_window=recurrent_window,
+            self_history=self_history,
+            self_history_spread=self_history_spread,
         )
         # Filled from the dataset card in setup() and saved with the checkpoint, so a loaded
         # model can pick its blink dims and un-normalise its samples without the dataset.

@@ -24,6 +24,14 @@ history is hidden (frame mode), that frame's recurrent state is the one a clip s
 (the network run on that frame alone), since the running state already holds the earlier
 frames and would pass them on.
 
+**Own history** (``self_history=p``, beyond the paper; scheduled sampling): in training, a
+fraction p of the windows condition each frame on the network's own free-running sample
+near the ground truth instead of the ground truth's history: the window's teacher-forced
+latents, moved by Gaussian noise of std ``self_history_spread``, decoded frame by frame from
+generated history. Such a sample drifts from the truth the way sampling errors accumulate,
+and the likelihood of the true next frame teaches the flow to steer back (exposure bias:
+trained on true history only, it continues whatever history it is given).
+
 **Recurrent window** (``recurrent_window=L``, beyond the paper): each frame's recurrent state
 is computed over at most L frames (its own and the L-1 before it), from zero, in training and
 in sampling alike. Without it the state runs over the training window (32 frames) in training
@@ -197,6 +205,9 @@ class CoefficientFlowNet(nn.Module):
         recurrent: ``"gru"`` or ``"lstm"``; ``recurrent_hidden`` its size.
         recurrent_window: L, frames each recurrent state is computed over (None: all frames
             since the window or clip start).
+        self_history: fraction of training windows whose history is the network's own
+            free-running sample near the ground truth (0: always the ground truth's);
+            ``self_history_spread`` the std of the noise on the latents it decodes.
         flow_layers, coupling_hidden, coupling_blocks, linear: the frame flow.
         data_dropout: probability of hiding the previous frames in training.
         data_dropout_mode: ``"frame"`` (each frame's history on its own) or ``"sequence"``.
@@ -238,10 +249,14 @@ class CoefficientFlowNet(nn.Module):
         output_clip: float | None = 10.0,
         history_noise: float = 0.0,
         recurrent_window: int | None = None,
+        self_history: float = 0.0,
+        self_history_spread: float = 0.5,
     ) -> None:
         super().__init__()
         if recurrent_window is not None and recurrent_window < 1:
             raise ValueError(f"recurrent_window must be >= 1 frames or None, got {recurrent_window}")
+        if not 0.0 <= self_history <= 1.0:
+            raise ValueError(f"self_history must be a probability in [0, 1], got {self_history}")
         if not 0.0 <= data_dropout <= 1.0:
             raise ValueError(f"data_dropout must be in [0, 1], got {data_dropout}")
         if data_dropout_mode not in ("frame", "sequence"):
@@ -258,6 +273,8 @@ class CoefficientFlowNet(nn.Module):
         self.history_noise = history_noise
         self.recurrent_kind = recurrent
         self.recurrent_window = recurrent_window
+        self.self_history = self_history
+        self.self_history_spread = self_history_spread
         self.audio = AudioWindowEncoder(mel_bins, audio_features, hidden=audio_hidden)
         history = prev_frames * (features + 1)  # frames and their present flags
         rnn = nn.GRU if recurrent == "gru" else nn.LSTM
@@ -360,6 +377,7 @@ class CoefficientFlowNet(nn.Module):
         mel: Tensor,
         prev: Tensor | None = None,
         prev_mask: Tensor | None = None,
+        history: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced latents and log-determinants of a window.
 
@@ -370,6 +388,8 @@ class CoefficientFlowNet(nn.Module):
             mel: ``[b, t, c, m]`` mel windows.
             prev, prev_mask: ``[b, k', d]`` frames before the window and which exist
                 (``k' >= K``); None: the window starts the clip.
+            history: ``[b, t, d]`` the frames whose past conditions each frame (default: ``x``,
+                teacher forcing).
 
         Returns:
             ``z [b, t, d]`` and ``log|det dz/dx| [b, t]``.
@@ -377,7 +397,8 @@ class CoefficientFlowNet(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.features:
             raise ValueError(f"x must be [B, T, {self.features}], got {tuple(x.shape)}")
         b, t, _ = x.shape
-        history, present, restart = self._drop(*self._history(x, prev, prev_mask))
+        source = x if history is None else history
+        history, present, restart = self._drop(*self._history(source, prev, prev_mask))
         context, _ = self._contexts(self.audio(mel), history, present, restart=restart)
         z, logdet = self.flow(rearrange(x, "b t d -> (b t) d"), rearrange(context, "b t h -> (b t) h"))
         return rearrange(z, "(b t) d -> b t d", b=b), rearrange(logdet, "(b t) -> b t", b=b)
@@ -397,12 +418,36 @@ class CoefficientFlowNet(nn.Module):
             component: ``[B]`` prior component (emotion; -1 or None: the whole mixture).
             intensity: ``[B]`` intensity level (-1 or None: factor 1).
         """
-        z, logdet = self(x, mel, prev, prev_mask)
+        history = None
+        if self.training and self.self_history > 0:
+            history = self._own_history(x, mel, prev, prev_mask)
+        z, logdet = self(x, mel, prev, prev_mask, history)
         b, t, _ = z.shape
         comp = None if component is None else component.repeat_interleave(t)
         factor = None if intensity is None else self.intensity_factor(intensity).repeat_interleave(t)
         prior = self.prior.log_prob_given(rearrange(z, "b t d -> (b t) d"), comp, factor)
         return rearrange(prior, "(b t) -> b t", b=b) + logdet
+
+    @torch.no_grad()
+    def _own_history(self, x: Tensor, mel: Tensor, prev: Tensor | None, prev_mask: Tensor | None) -> Tensor:
+        """``[B, T, D]``: for a fraction ``self_history`` of the rows, the free-running decoding
+        of their teacher-forced latents plus noise (each frame from generated history); the
+        others ``x``."""
+        rows = torch.rand(x.shape[0], device=x.device) < self.self_history
+        if not bool(rows.any()):
+            return x
+        z, _ = self(
+            x[rows], mel[rows], None if prev is None else prev[rows], None if prev_mask is None else prev_mask[rows]
+        )
+        own = self.sample(
+            mel[rows],
+            z=z + self.self_history_spread * torch.randn_like(z),
+            prev=None if prev is None else prev[rows],
+            prev_mask=None if prev_mask is None else prev_mask[rows],
+        )
+        history = x.clone()
+        history[rows] = own.to(x.dtype)
+        return history
 
     # -- streaming generation --------------------------------------------------------------
 
