@@ -235,3 +235,33 @@ def test_preview_grid(synth_tiny_root: Path, tmp_path: Path) -> None:
     assert image.height == len(EMOTIONS) * size and image.width == 90 + 3 * size
     with pytest.raises(ValueError, match="expected one of"):
         write_preview(synth_tiny_root, tmp_path / "x.png", speaker="nobody")
+
+
+def test_faces_preset_plans_many_new_identities_of_eight_frames() -> None:
+    plan = plan_clips(PRESETS["faces"], 0, 64, True)
+    train = plan["train"]
+    assert len(train) == 3000 and len({c.speaker.speaker_id for c in train}) == 3000
+    assert {c.num_frames for clips in plan.values() for c in clips} == {8}
+    assert {c.emotion for c in train} == set(range(len(EMOTIONS)))  # random emotions, all of them drawn
+    assert {c.intensity for c in train if c.emotion} == {0, 1, 2}
+    # no face of the codebook's pretraining set is a speaker of another preset (held-out ones included)
+    others = {
+        c.speaker.seed
+        for name in ("tiny", "small", "full")
+        for clips in plan_clips(PRESETS[name], 0, 64, True).values()
+        for c in clips
+    }
+    assert not others & {c.speaker.seed for clips in plan.values() for c in clips}
+    backgrounds = np.array([c.speaker.background for c in train])
+    assert backgrounds.min() < 70 and backgrounds.max() > 190  # the colour range SynthTalk draws from
+
+
+def test_faces_preset_writes_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    faces = dataclasses.replace(PRESETS["faces"], name="faces_micro", speakers={"train": 3, "val": 1, "test": 1})
+    monkeypatch.setitem(PRESETS, "faces_micro", faces)
+    card = synth(tmp_path, preset="faces_micro", seed=0, frame_size=32)
+    records = _records(tmp_path, "train")
+    assert card.frame_size == 32 and len(records) == 3
+    for record in records:
+        assert len(record["frame_offsets"]) - 1 == 8 and record["landmarks"].shape == (8, 68, 2)
+        assert Image.open(io.BytesIO(unpack_frame(record, 7))).size == (32, 32)

@@ -52,7 +52,8 @@ def synth(
 
     Args:
         out: dataset root to create (``dataset.json``, ``train/``, ``val/``, ``test/``, ``ground_truth/``).
-        preset: dataset size: tiny (seconds, 64 px), small (an emotion classifier's worth, 128 px) or full (MEAD-like).
+        preset: dataset size: tiny (seconds, 64 px), small (an emotion classifier's worth, 128 px), full (MEAD-like)
+            or faces (3000 new identities x 8 frames at 64 px: a face set to pretrain the codebook on).
         seed: random seed; the same seed writes identical data.
         overwrite: replace the dataset already in ``out``.
         workers: processes that render clips.

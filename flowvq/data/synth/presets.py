@@ -31,6 +31,10 @@ class SynthPreset:
             level per emotion, rotating over speakers so that every level still occurs).
         seconds: range of clip lengths.
         frame_size: side of the square face crops in pixels.
+        takes_per_speaker: when > 0, each speaker records this many clips of random emotions
+            and intensities instead of the grid above (many identities, few frames each).
+        first_speaker: index of the first speaker; identities are drawn from their index, so a
+            preset whose speakers must differ from every other preset's starts far from 0.
     """
 
     name: str
@@ -40,6 +44,8 @@ class SynthPreset:
     levels_per_emotion: int
     seconds: tuple[float, float]
     frame_size: int
+    takes_per_speaker: int = 0
+    first_speaker: int = 0
 
 
 PRESETS: dict[str, SynthPreset] = {
@@ -51,6 +57,19 @@ PRESETS: dict[str, SynthPreset] = {
         SynthPreset("small", {"train": 12, "val": 2, "test": 2}, 3, 2, 3, (2.0, 3.2), 128),
         # MEAD-like scale (MEAD: 60 speakers, ~40 neutral + 7 x 3 x 30 clips each)
         SynthPreset("full", {"train": 48, "val": 6, "test": 6}, 30, 10, 3, (2.5, 5.0), 128),
+        # codebook pretraining, as the paper pretrains on a face set: thousands of identities
+        # (never those of the other presets), one 8-frame clip each of a random emotion
+        SynthPreset(
+            "faces",
+            {"train": 3000, "val": 32, "test": 32},
+            0,
+            0,
+            0,
+            (0.32, 0.32),
+            64,
+            takes_per_speaker=1,
+            first_speaker=1_000_000,
+        ),
     )
 }
 
@@ -167,7 +186,7 @@ def make_speaker(seed: int, index: int, split: str) -> SpeakerSpec:
 def make_speakers(preset: SynthPreset, seed: int) -> dict[str, list[SpeakerSpec]]:
     """The speakers of each split (train first, then val, then test)."""
     out: dict[str, list[SpeakerSpec]] = {}
-    index = 0
+    index = preset.first_speaker
     for split in ("train", "val", "test"):
         out[split] = []
         for _ in range(preset.speakers.get(split, 0)):
@@ -185,7 +204,12 @@ def plan_clips(
         clips = []
         for speaker_number, speaker in enumerate(speakers):
             takes: list[tuple[int, int]] = [(0, 0)] * preset.neutral_clips
-            for emotion in range(1, len(EMOTIONS)):
+            if preset.takes_per_speaker:
+                rng = np.random.default_rng(_seed(seed, 3, speaker.seed % (2**31)))
+                for _ in range(preset.takes_per_speaker):
+                    emotion = int(rng.integers(0, len(EMOTIONS)))
+                    takes.append((emotion, 0 if emotion == 0 else int(rng.integers(0, INTENSITY_LEVELS))))
+            for emotion in range(1, len(EMOTIONS) if not preset.takes_per_speaker else 1):
                 if preset.levels_per_emotion >= INTENSITY_LEVELS:
                     levels = list(range(INTENSITY_LEVELS))
                 else:  # rotate levels over speakers and emotions so that all of them occur
