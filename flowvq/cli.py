@@ -106,13 +106,17 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def _commands() -> dict[str, Any]:
+def _commands(only: str | None = None) -> dict[str, Any]:
+    """The subcommands' functions; ``only``: import just that one's module (each command's
+    imports cost seconds: torch, mediapipe, librosa), the others are not loaded."""
+
     def load(entry: str | dict[str, str]) -> Any:
         if isinstance(entry, dict):
             return {name: load(target) for name, target in entry.items()}
         return _resolve(entry)
 
-    return {name: load(entry) for name, entry in COMMANDS.items()}
+    names = [only] if only in COMMANDS else list(COMMANDS)
+    return {name: load(COMMANDS[name]) for name in names}
 
 
 #: Errors that mean "bad input" rather than a bug: from the console they print as one
@@ -151,7 +155,7 @@ def _main(argv: list[str] | None) -> None:
         )
         if not argv:
             raise SystemExit(2)
-    CLI(_commands(), args=argv, as_positional=False)
+    CLI(_commands(argv[0] if argv else None), args=argv, as_positional=False)
 
 
 if __name__ == "__main__":
