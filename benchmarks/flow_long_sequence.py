@@ -49,6 +49,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recurrent_window+history_noise": dict(recurrent_window=32, history_noise=0.3),
     "history_noise0.3": dict(history_noise=0.3),
     "history_noise0.6": dict(history_noise=0.6),
+    "self_history0.5": dict(self_history=0.5),
+    "self_history0.5+history_noise0.3": dict(self_history=0.5, history_noise=0.3),
+    # the prior question (the paper prefers the t-mixture for small emotional datasets)
+    "gauss_mixture": dict(prior="gaussian_mixture"),
+    "gauss_mixture+history_noise0.3": dict(prior="gaussian_mixture", history_noise=0.3),
+    "gauss_mixture+self_history0.5": dict(prior="gaussian_mixture", self_history=0.5),
     "no_frame_dropout": dict(data_dropout_mode="sequence"),  # PoseFlow's configs use frame mode
     # training windows of 64 frames (the DataModule's window; "window" is not a model option)
     "window64": dict(window=64),
@@ -184,6 +190,10 @@ def plot(path: Path, long: dict[str, Any], names: list[str], field: str) -> None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="SynthTalk root (e.g. preset small, seed 1)")
+    parser.add_argument(
+        "--eval-data", type=Path, default=None, help="score on this root's test split (default: --data's)"
+    )
+    parser.add_argument("--tag", default="", help="suffix of the result files (e.g. small_train)")
     parser.add_argument("--field", choices=["exp", "pose"], default="exp")
     parser.add_argument("--variants", nargs="+", default=["paper", "recurrent_window"], choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -193,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--classifier-epochs", type=int, default=10)
     parser.add_argument("--work", type=Path, default=None, help="folder for checkpoints (default: a temp folder)")
+    parser.add_argument("--merge", action="store_true", help="keep other variants' rows of earlier runs")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -203,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="flow_long_"))
     work.mkdir(parents=True, exist_ok=True)
-    name = "expflow" if args.field == "exp" else "poseflow"
+    name = ("expflow" if args.field == "exp" else "poseflow") + (f"_{args.tag}" if args.tag else "")
     classifier = None
     if args.field == "exp":
         if args.classifier is not None:
@@ -215,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             classifier, _ = train_classifier(args.data, args.classifier_epochs, work)
             torch.save(classifier, work / "classifier.pt")
-    config = yaml.safe_load((ROOT / f"configs/tiny/{name}.yaml").read_text())["model"]["init_args"]
+    model_name = "expflow" if args.field == "exp" else "poseflow"
+    config = yaml.safe_load((ROOT / f"configs/tiny/{model_name}.yaml").read_text())["model"]["init_args"]
     config = {k: v for k, v in config.items() if k != "emotion_classifier"}
-    clips = whole_clips(args.data, config.get("prev_frames", 4))
+    clips = whole_clips(args.eval_data or args.data, config.get("prev_frames", 4))
     rows = []
     for variant in args.variants:
         for seed in args.seeds:
@@ -250,8 +262,18 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps({"variant": variant, "seed": seed, "clips": result["clips"]}), flush=True)
     command = "python benchmarks/flow_long_sequence.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    commands = [command]
+    previous = RESULTS / f"{name}_long_sequence.json"
+    if args.merge and previous.is_file():  # rows of earlier runs on the same data and epochs
+        earlier = json.loads(previous.read_text())
+        if (earlier.get("data"), earlier.get("epochs")) == (str(args.data), args.epochs):
+            done = {(r["variant"], r["seed"]) for r in rows}
+            rows = [r for r in earlier["rows"] if (r["variant"], r["seed"]) not in done] + rows
+            commands = earlier["commands"] + commands
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}_long_sequence.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    result = {"commands": commands, "data": str(args.data), "epochs": args.epochs, "rows": rows}
+    previous.write_text(json.dumps(result, indent=2))
+    command = "` and `".join(commands)
     (RESULTS / f"{name}_long_sequence.md").write_text(markdown(name, command, rows, args))
     print((RESULTS / f"{name}_long_sequence.md").read_text())
     return 0
@@ -280,7 +302,7 @@ def markdown(name: str, command: str, rows: list[dict[str, Any]], args: Any) -> 
             f"{c['clamp_fraction']:.4f} | {c['clips_with_tail']}/{c['count']} | {acc} | {sync} |"
         )
     lines += ["", "## Long speech", ""]
-    pose = name == "poseflow"
+    pose = name.startswith("poseflow")
     header = "| variant | seed | audio | drift first / last / worst (truth) | tail (truth) | clamped | frame change (truth) |"
     header += " std ratio | lag-10 ratio | blink rate (truth) |" if pose else " emotion acc |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
