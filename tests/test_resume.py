@@ -44,10 +44,12 @@ def test_killed_fit_resumes_with_the_same_steps_and_losses(random_dataset, tmp_p
         "1",
         "--data.init_args.batch_size",
         "4",  # 12 train clips: 3 steps an epoch
-        # deterministic: no data dropout, no history noise (the data order and windows are seeded)
+        # deterministic: no data dropout, history noise or own-sample history (order and windows are seeded)
         "--model.init_args.data_dropout",
         "0",
         "--model.init_args.history_noise",
+        "0",
+        "--model.init_args.self_history",
         "0",
         "--model.init_args.val_sample_batches",
         "0",
