@@ -76,6 +76,7 @@ def classify(classifier: Any, sequences: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: Any, clips: list[dict[str, Any]], classifier: Any, field: str) -> dict[str, Any]:
+    from flowvq.metrics.diversity import SampleDiversity
     from flowvq.metrics.lipsync import LipSyncCorrelation
     from flowvq.metrics.long_sequence import autocorrelation, event_rate, sequence_report, tail_fraction
     from flowvq.pipeline.flow_samples import concatenated
@@ -86,7 +87,7 @@ def evaluate(model: Any, clips: list[dict[str, Any]], classifier: Any, field: st
     result: dict[str, Any] = {}
     # -- whole clips
     tails, truth_tails, clamps, flagged, correct, scored = [], [], [], 0, 0, 0
-    lipsync, lipsync_truth = LipSyncCorrelation(), LipSyncCorrelation()
+    lipsync, lipsync_truth, diversity = LipSyncCorrelation(), LipSyncCorrelation(), SampleDiversity()
     jaw = int(model.jaw_index)
     for index, clip in enumerate(clips):
         truth = select(model, clip)
@@ -100,6 +101,7 @@ def evaluate(model: Any, clips: list[dict[str, Any]], classifier: Any, field: st
             seed=index,
         )  # (N, T, D)
         report = sequence_report(samples, truth, clip_limit)
+        diversity.update(samples.unsqueeze(0), truth.unsqueeze(0))
         tails.append(report["tail_fraction"])
         truth_tails.append(report["truth_tail_fraction"])
         clamps.append(report["clamp_fraction"])
@@ -117,6 +119,8 @@ def evaluate(model: Any, clips: list[dict[str, Any]], classifier: Any, field: st
         "truth_tail_fraction": float(np.mean(truth_tails)),
         "clamp_fraction": float(np.mean(clamps)),
         "clips_with_tail": flagged,
+        # std across the samples against the ground truth's own spread over time, per clip
+        "diversity_ratio": float(diversity.compute()["ratio"]),
     }
     if scored:
         result["clips"]["emotion_accuracy"] = correct / scored
@@ -290,8 +294,8 @@ def markdown(name: str, command: str, rows: list[dict[str, Any]], args: Any) -> 
         "",
         "## Whole clips",
         "",
-        "| variant | seed | tail (truth) | clamped | clips with tail | emotion acc | lip-sync (truth) |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | seed | tail (truth) | clamped | clips with tail | emotion acc | lip-sync (truth) | diversity / GT spread |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c = r["clips"]
@@ -299,7 +303,8 @@ def markdown(name: str, command: str, rows: list[dict[str, Any]], args: Any) -> 
         sync = f"{c['lipsync']:.3f} ({c['lipsync_truth']:.3f})" if "lipsync" in c else "-"
         lines.append(
             f"| {r['variant']} | {r['seed']} | {c['tail_fraction']:.4f} ({c['truth_tail_fraction']:.4f}) | "
-            f"{c['clamp_fraction']:.4f} | {c['clips_with_tail']}/{c['count']} | {acc} | {sync} |"
+            f"{c['clamp_fraction']:.4f} | {c['clips_with_tail']}/{c['count']} | {acc} | {sync} | "
+            f"{c.get('diversity_ratio', float('nan')):.2f} |"
         )
     lines += ["", "## Long speech", ""]
     pose = name.startswith("poseflow")
