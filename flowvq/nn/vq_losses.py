@@ -5,7 +5,10 @@ Perceptual term: :class:`~flowvq.nn.perceptual.VGGPerceptual` when ``perceptual_
 names a local VGG16 (LPIPS) state dict. Nothing is downloaded, so without one the documented
 fallback is used instead: discriminator feature matching (L1 between the discriminator's
 block activations on real and reconstructed images, as in pix2pixHD) plus 1 - MS-SSIM. Feature
-matching needs no pretrained network; MS-SSIM adds the structure term that L1 lacks.
+matching needs no pretrained network; MS-SSIM adds the structure term that L1 lacks. Until
+``disc_start`` the discriminator does not train, so feature matching compares the features of a
+randomly initialised network (a fixed multi-scale feature distance, not a learnt one); the tiny
+recipes that stop before ``disc_start`` train with that alone.
 
 References:
     Esser, Rombach, Ommer. Taming Transformers (adaptive GAN weight, discriminator start).
