@@ -10,7 +10,7 @@ run the same command once with ``--merge true``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,75 @@ def quality_gate(
     return QualityGate(min_detected, min_confirmed, min_ordered, max_shape_error)
 
 
+#: The arguments every ``preprocess`` command shares, as their docstrings (``--help``) list them.
+_SHARED_ARGS = """crop_smoothing: Gaussian sigma (frames) of the crop track; null: one crop per clip.
+        max_gap: longest run of frames without a detected face that is interpolated.
+        refine_landmarks: FaceMesh with iris landmarks (478 points).
+        n_mels: mel bins.
+        num_shards: split the clip list across this many machines (array job).
+        shard_index: this machine's shard, 0..num_shards-1.
+        merge: only fit the basis and pack the shards from the cache (after all shards ran).
+        cache: extraction cache folder (default <out>/cache).
+        retry_failed: try clips that failed before again.
+        limit: extract at most this many clips in this run.
+        allow_missing: merge even if some clips were neither extracted nor failed.
+        seed: for the split draws and the shard shuffle.
+        progress: show progress bars.
+        overwrite: pack a finished dataset in out again (after extracting clips not yet in the
+            cache); without it (or --merge true) a finished dataset is left as it is.
+        max_trim: leading and trailing frames without a face are cut, up to this many seconds
+            at each end (recorded in the cache as trim); longer runs reject the clip.
+        min_detected: quality gate: least fraction of frames where FaceMesh finds the face.
+        min_confirmed: quality gate: least fraction of sampled frames where mediapipe's face
+            detector confirms an upright face on the mesh (rejects upside-down and non-faces).
+        min_ordered: quality gate: least fraction of frames whose landmarks are in a face's order
+            (brows, eyes, nose, mouth, chin from top to bottom).
+        max_shape_error: quality gate: largest median distance of the 68 landmarks from the
+            train mean face after alignment, in mean-face radii. Clips failing the gate are not
+            packed and go to failures.jsonl with their figures (no new extraction is needed to
+            change the thresholds: rerun with --merge true)."""
+
+
+def _shared_args(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Put the shared arguments' documentation where the command's docstring says ``{shared_args}``."""
+    command.__doc__ = (command.__doc__ or "").replace("{shared_args}", _SHARED_ARGS)
+    return command
+
+
+def _run_command(specs: Any, args: dict[str, Any], name: str, extra: dict[str, Any], **more: Any) -> Any:
+    """:func:`run_preprocess` with the options every command shares, taken from its arguments."""
+    return run_preprocess(
+        specs,
+        args["out"],
+        name,
+        extract_config(
+            args["size"],
+            args["frames"],
+            args["crop_smoothing"],
+            args["max_gap"],
+            args["refine_landmarks"],
+            args["n_mels"],
+            args["max_trim"],
+        ),
+        workers=args["workers"],
+        exp_dim=args["exp_dim"],
+        num_shards=args["num_shards"],
+        shard_index=args["shard_index"],
+        merge=args["merge"],
+        cache=args["cache"],
+        retry_failed=args["retry_failed"],
+        limit=args["limit"],
+        allow_missing=args["allow_missing"],
+        seed=args["seed"],
+        progress=args["progress"],
+        overwrite=args["overwrite"],
+        quality=quality_gate(args["min_detected"], args["min_confirmed"], args["min_ordered"], args["max_shape_error"]),
+        extra=extra,
+        **more,
+    )
+
+
+@_shared_args
 def preprocess_mead(
     root: Path,
     out: Path,
@@ -205,56 +274,13 @@ def preprocess_mead(
         frames: store aligned JPEG face crops (false: coefficient-only shards).
         size: crop side in pixels.
         exp_dim: number of PCA expression coefficients E.
-        crop_smoothing: Gaussian sigma (frames) of the crop track; null: one crop per clip.
-        max_gap: longest run of frames without a detected face that is interpolated.
-        refine_landmarks: FaceMesh with iris landmarks (478 points).
-        n_mels: mel bins.
-        num_shards: split the clip list across this many machines (array job).
-        shard_index: this machine's shard, 0..num_shards-1.
-        merge: only fit the basis and pack the shards from the cache (after all shards ran).
-        cache: extraction cache folder (default <out>/cache).
-        retry_failed: try clips that failed before again.
-        limit: extract at most this many clips in this run.
-        allow_missing: merge even if some clips were neither extracted nor failed.
-        seed: for the val speaker draw and the shard shuffle.
-        progress: show progress bars.
-        overwrite: pack a finished dataset in out again (after extracting clips not yet in the
-            cache); without it (or --merge true) a finished dataset is left as it is.
-        max_trim: leading and trailing frames without a face are cut, up to this many seconds
-            at each end (recorded in the cache as trim); longer runs reject the clip.
-        min_detected: quality gate: least fraction of frames where FaceMesh finds the face.
-        min_confirmed: quality gate: least fraction of sampled frames where mediapipe's face
-            detector confirms an upright face on the mesh (rejects upside-down and non-faces).
-        min_ordered: quality gate: least fraction of frames whose landmarks are in a face's order
-            (brows, eyes, nose, mouth, chin from top to bottom).
-        max_shape_error: quality gate: largest median distance of the 68 landmarks from the
-            train mean face after alignment, in mean-face radii. Clips failing the gate are not
-            packed and go to failures.jsonl with their figures (no new extraction is needed to
-            change the thresholds: rerun with --merge true).
+        {shared_args}
     """
     specs = scan_mead(root, view, test_speakers, val_speakers, speakers=speakers, emotions=emotions, seed=seed)
-    return run_preprocess(
-        specs,
-        out,
-        f"mead-{view}",
-        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels, max_trim),
-        workers=workers,
-        exp_dim=exp_dim,
-        num_shards=num_shards,
-        shard_index=shard_index,
-        merge=merge,
-        cache=cache,
-        retry_failed=retry_failed,
-        limit=limit,
-        allow_missing=allow_missing,
-        seed=seed,
-        progress=progress,
-        overwrite=overwrite,
-        quality=quality_gate(min_detected, min_confirmed, min_ordered, max_shape_error),
-        extra={"source": "MEAD", "root": str(root), "view": view},
-    )
+    return _run_command(specs, locals(), f"mead-{view}", extra={"source": "MEAD", "root": str(root), "view": view})
 
 
+@_shared_args
 def preprocess_lrs3(
     root: Path,
     out: Path,
@@ -295,56 +321,13 @@ def preprocess_lrs3(
         frames: store aligned JPEG face crops (false: coefficient-only shards, e.g. for PoseFlow).
         size: crop side in pixels.
         exp_dim: number of PCA expression coefficients E.
-        crop_smoothing: Gaussian sigma (frames) of the crop track; null: one crop per clip.
-        max_gap: longest run of frames without a detected face that is interpolated.
-        refine_landmarks: FaceMesh with iris landmarks (478 points).
-        n_mels: mel bins.
-        num_shards: split the clip list across this many machines.
-        shard_index: this machine's shard.
-        merge: only fit the basis and pack the shards from the cache.
-        cache: extraction cache folder (default <out>/cache).
-        retry_failed: try clips that failed before again.
-        limit: extract at most this many clips in this run.
-        allow_missing: merge even if some clips were neither extracted nor failed.
-        seed: for the val draw and the shard shuffle.
-        progress: show progress bars.
-        overwrite: pack a finished dataset in out again (after extracting clips not yet in the
-            cache); without it (or --merge true) a finished dataset is left as it is.
-        max_trim: leading and trailing frames without a face are cut, up to this many seconds
-            at each end (recorded in the cache as trim); longer runs reject the clip.
-        min_detected: quality gate: least fraction of frames where FaceMesh finds the face.
-        min_confirmed: quality gate: least fraction of sampled frames where mediapipe's face
-            detector confirms an upright face on the mesh (rejects upside-down and non-faces).
-        min_ordered: quality gate: least fraction of frames whose landmarks are in a face's order
-            (brows, eyes, nose, mouth, chin from top to bottom).
-        max_shape_error: quality gate: largest median distance of the 68 landmarks from the
-            train mean face after alignment, in mean-face radii. Clips failing the gate are not
-            packed and go to failures.jsonl with their figures (no new extraction is needed to
-            change the thresholds: rerun with --merge true).
+        {shared_args}
     """
     specs = scan_lrs3(root, subsets, val_fraction, seed)
-    return run_preprocess(
-        specs,
-        out,
-        "lrs3",
-        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels, max_trim),
-        workers=workers,
-        exp_dim=exp_dim,
-        num_shards=num_shards,
-        shard_index=shard_index,
-        merge=merge,
-        cache=cache,
-        retry_failed=retry_failed,
-        limit=limit,
-        allow_missing=allow_missing,
-        seed=seed,
-        progress=progress,
-        overwrite=overwrite,
-        quality=quality_gate(min_detected, min_confirmed, min_ordered, max_shape_error),
-        extra={"source": "LRS3", "root": str(root), "subsets": list(subsets)},
-    )
+    return _run_command(specs, locals(), "lrs3", extra={"source": "LRS3", "root": str(root), "subsets": list(subsets)})
 
 
+@_shared_args
 def preprocess_hdtf(
     root: Path,
     out: Path,
@@ -385,56 +368,13 @@ def preprocess_hdtf(
         frames: store aligned JPEG face crops.
         size: crop side in pixels.
         exp_dim: number of PCA expression coefficients E.
-        crop_smoothing: Gaussian sigma (frames) of the crop track; null: one crop per clip.
-        max_gap: longest run of frames without a detected face that is interpolated.
-        refine_landmarks: FaceMesh with iris landmarks (478 points).
-        n_mels: mel bins.
-        num_shards: split the clip list across this many machines.
-        shard_index: this machine's shard.
-        merge: only fit the basis and pack the shards from the cache.
-        cache: extraction cache folder (default <out>/cache).
-        retry_failed: try clips that failed before again.
-        limit: extract at most this many clips in this run.
-        allow_missing: merge even if some clips were neither extracted nor failed.
-        seed: for the split draw and the shard shuffle.
-        progress: show progress bars.
-        overwrite: pack a finished dataset in out again (after extracting clips not yet in the
-            cache); without it (or --merge true) a finished dataset is left as it is.
-        max_trim: leading and trailing frames without a face are cut, up to this many seconds
-            at each end (recorded in the cache as trim); longer runs reject the clip.
-        min_detected: quality gate: least fraction of frames where FaceMesh finds the face.
-        min_confirmed: quality gate: least fraction of sampled frames where mediapipe's face
-            detector confirms an upright face on the mesh (rejects upside-down and non-faces).
-        min_ordered: quality gate: least fraction of frames whose landmarks are in a face's order
-            (brows, eyes, nose, mouth, chin from top to bottom).
-        max_shape_error: quality gate: largest median distance of the 68 landmarks from the
-            train mean face after alignment, in mean-face radii. Clips failing the gate are not
-            packed and go to failures.jsonl with their figures (no new extraction is needed to
-            change the thresholds: rerun with --merge true).
+        {shared_args}
     """
     specs = scan_hdtf(root, val_fraction, test_fraction, seed)
-    return run_preprocess(
-        specs,
-        out,
-        "hdtf",
-        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels, max_trim),
-        workers=workers,
-        exp_dim=exp_dim,
-        num_shards=num_shards,
-        shard_index=shard_index,
-        merge=merge,
-        cache=cache,
-        retry_failed=retry_failed,
-        limit=limit,
-        allow_missing=allow_missing,
-        seed=seed,
-        progress=progress,
-        overwrite=overwrite,
-        quality=quality_gate(min_detected, min_confirmed, min_ordered, max_shape_error),
-        extra={"source": "HDTF", "root": str(root)},
-    )
+    return _run_command(specs, locals(), "hdtf", extra={"source": "HDTF", "root": str(root)})
 
 
+@_shared_args
 def preprocess_folder(
     root: Path,
     out: Path,
@@ -487,53 +427,9 @@ def preprocess_folder(
         frames: store aligned JPEG face crops.
         size: crop side in pixels.
         exp_dim: number of PCA expression coefficients E.
-        crop_smoothing: Gaussian sigma (frames) of the crop track; null: one crop per clip.
-        max_gap: longest run of frames without a detected face that is interpolated.
-        refine_landmarks: FaceMesh with iris landmarks (478 points).
-        n_mels: mel bins.
-        num_shards: split the clip list across this many machines.
-        shard_index: this machine's shard.
-        merge: only fit the basis and pack the shards from the cache.
-        cache: extraction cache folder (default <out>/cache).
-        retry_failed: try clips that failed before again.
-        limit: extract at most this many clips in this run.
-        allow_missing: merge even if some clips were neither extracted nor failed.
-        seed: for the split draw and the shard shuffle.
-        progress: show progress bars.
-        overwrite: pack a finished dataset in out again (after extracting clips not yet in the
-            cache); without it (or --merge true) a finished dataset is left as it is.
-        max_trim: leading and trailing frames without a face are cut, up to this many seconds
-            at each end (recorded in the cache as trim); longer runs reject the clip.
-        min_detected: quality gate: least fraction of frames where FaceMesh finds the face.
-        min_confirmed: quality gate: least fraction of sampled frames where mediapipe's face
-            detector confirms an upright face on the mesh (rejects upside-down and non-faces).
-        min_ordered: quality gate: least fraction of frames whose landmarks are in a face's order
-            (brows, eyes, nose, mouth, chin from top to bottom).
-        max_shape_error: quality gate: largest median distance of the 68 landmarks from the
-            train mean face after alignment, in mean-face radii. Clips failing the gate are not
-            packed and go to failures.jsonl with their figures (no new extraction is needed to
-            change the thresholds: rerun with --merge true).
+        {shared_args}
     """
     unlabelled: list[str] = []
     specs = scan_folder(root, labels, val_fraction, test_fraction, seed, unlabelled=unlabelled)
-    return run_preprocess(
-        specs,
-        out,
-        name,
-        extract_config(size, frames, crop_smoothing, max_gap, refine_landmarks, n_mels, max_trim),
-        workers=workers,
-        exp_dim=exp_dim,
-        num_shards=num_shards,
-        shard_index=shard_index,
-        merge=merge,
-        cache=cache,
-        retry_failed=retry_failed,
-        limit=limit,
-        allow_missing=allow_missing,
-        seed=seed,
-        progress=progress,
-        overwrite=overwrite,
-        unlabelled=unlabelled,
-        quality=quality_gate(min_detected, min_confirmed, min_ordered, max_shape_error),
-        extra={"source": "folder", "root": str(root), "labels": str(labels) if labels else None},
-    )
+    extra = {"source": "folder", "root": str(root), "labels": str(labels) if labels else None}
+    return _run_command(specs, locals(), name, extra=extra, unlabelled=unlabelled)
