@@ -65,9 +65,9 @@ SAMPLES, TEMPERATURE, WINDOW = 4, 0.8, 32
 
 
 def select(model: Any, clip: dict[str, Any]) -> torch.Tensor:
-    """The modelled dims of a clip ``[T, D]`` (PoseFlow: pose + blink)."""
+    """The modelled dims of a clip ``[T, D]`` (PoseFlow: pose + blink), in the units of samples."""
     batch = {k: clip[k].unsqueeze(0) for k in ("exp", "pose")}
-    return model.select(batch)[0][0]
+    return model.from_model_units(model.select(batch)[0][0])
 
 
 def classify(classifier: Any, sequences: torch.Tensor) -> torch.Tensor:
@@ -79,7 +79,7 @@ def evaluate(model: Any, clips: list[dict[str, Any]], classifier: Any, field: st
     from flowvq.metrics.diversity import SampleDiversity
     from flowvq.metrics.lipsync import LipSyncCorrelation
     from flowvq.metrics.long_sequence import autocorrelation, event_rate, sequence_report, tail_fraction
-    from flowvq.pipeline.flow_samples import concatenated
+    from flowvq.pipeline.flow_samples import sample_joined
 
     model.eval()
     clip_limit = model.hparams.output_clip
@@ -132,16 +132,7 @@ def evaluate(model: Any, clips: list[dict[str, Any]], classifier: Any, field: st
     result["long"] = {}
     for name, emotion in emotions.items():
         for length, frames in LONG.items():
-            joined = concatenated(clips, frames, emotion)
-            truth = select(model, joined)
-            samples = model.sample(
-                joined["mel"],
-                emotion,
-                intensity=joined["intensity"],
-                num_samples=SAMPLES,
-                temperature=TEMPERATURE,
-                seed=frames,
-            )
+            _, truth, samples = sample_joined(model, clips, frames, emotion, SAMPLES, TEMPERATURE, seed=frames)
             report = sequence_report(samples, truth, clip_limit, window=WINDOW)
             if labelled and classifier is not None:
                 segments = samples[:, : (frames // 250) * 250].reshape(-1, 250, samples.shape[-1])

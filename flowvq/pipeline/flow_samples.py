@@ -22,6 +22,7 @@ __all__ = [
     "concatenated",
     "load_flow",
     "plot_samples",
+    "sample_joined",
     "whole_clips",
 ]
 
@@ -100,6 +101,35 @@ def concatenated(clips: list[dict[str, Any]], frames: int, emotion: int | None =
     return joined
 
 
+def sample_joined(
+    model: CoefficientFlow,
+    clips: list[dict[str, Any]],
+    frames: int,
+    emotion: str | int | None,
+    num_samples: int = 4,
+    temperature: float = 0.8,
+    seed: int = 0,
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Sample ``frames`` frames of joined held-out speech (clips of ``emotion``, see
+    :func:`concatenated`) from a clip start, at the joined clips' strongest intensity.
+
+    Returns the joined clips, their ground truth ``[T, D]`` and the samples ``[N, T, D]``, in
+    the DataModule's normalised units (the modelled dims: PoseFlow's pose + blink).
+    """
+    index = None if emotion is None else emotion_index(emotion)
+    joined = concatenated(clips, frames, index)
+    truth = model.from_model_units(model.select({"exp": joined["exp"][None], "pose": joined["pose"][None]})[0][0])
+    samples = model.sample(
+        joined["mel"],
+        emotion,
+        intensity=joined["intensity"],
+        num_samples=num_samples,
+        temperature=temperature,
+        seed=seed,
+    )
+    return joined, truth, samples
+
+
 def plot_samples(
     checkpoint: Path,
     data: Path,
@@ -144,17 +174,8 @@ def plot_samples(
     dims += [d for d in range(model.features) if d not in dims][:3]
     figure, axes = plt.subplots(len(emotions), len(dims), figsize=(3.4 * len(dims), 2.3 * len(emotions)), squeeze=False)
     for row, emotion in enumerate(emotions):
+        joined, truth, samples = sample_joined(model, clips, frames, emotion, num_samples, temperature, seed)
         index = None if emotion is None else emotion_index(emotion)
-        joined = concatenated(clips, frames, index)
-        truth = model.select({"exp": joined["exp"][None], "pose": joined["pose"][None]})[0][0]
-        samples = model.sample(
-            joined["mel"],
-            emotion,
-            intensity=joined["intensity"],
-            num_samples=num_samples,
-            temperature=temperature,
-            seed=seed,
-        )
         label = emotion or "any emotion"
         if index is not None and not joined["emotion_matched"]:
             label += f" (no {EMOTIONS[index]} test clip: truth of other clips)"
