@@ -111,6 +111,12 @@ class BatchData(LightningDataModule):
         return self._loader()
 
 
+def quiet_trainer(**options) -> Trainer:
+    """A CPU Trainer without logger, checkpoints, progress bar or summary, plus ``options``."""
+    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    return Trainer(**{**defaults, "enable_model_summary": False, **options})
+
+
 def _trainer(tmp_path: Path, steps: int, logger: bool = False) -> Trainer:
     return Trainer(
         max_epochs=steps,
@@ -356,15 +362,10 @@ def test_fit_on_shards_through_the_coefficient_datamodule(field, random_dataset,
     data = CoefficientDataModule(random_dataset, window=8, prev_frames=4, batch_size=4)
     options = {**SMALL, **data.dims, "field": field, "prior": "student_t_mixture" if field == "exp" else "gaussian"}
     model = CoefficientFlow(**options)
-    trainer = Trainer(
+    trainer = quiet_trainer(
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=data)
@@ -413,14 +414,9 @@ def test_cosine_schedule_spans_the_run_in_steps_or_epochs(budget, random_dataset
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             rates.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    trainer = Trainer(
+    trainer = quiet_trainer(
         **budget,
         limit_val_batches=0,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[Record()],
         default_root_dir=tmp_path,
     )
@@ -438,14 +434,9 @@ def test_encode_and_sample_use_the_mel_windows_training_used(random_dataset, tmp
 
     data = CoefficientDataModule(random_dataset, window=8, prev_frames=4, windows_per_clip=1, batch_size=4)
     model = CoefficientFlow(**{**SMALL, **data.dims, "val_sample_batches": 0, "jaw_dim": 0})
-    trainer = Trainer(
+    trainer = quiet_trainer(
         max_steps=1,
         limit_val_batches=0,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=data)
