@@ -8,6 +8,7 @@ from typing import Any
 _MODULES = {
     "EmotionClassifier": "flowvq.lightning_modules.emotion_classifier",
     "CoefficientFlow": "flowvq.lightning_modules.coefficient_flow",
+    "GMEG": "flowvq.lightning_modules.gmeg",
     "VQGAN": "flowvq.lightning_modules.vqgan",
     "VQIG": "flowvq.lightning_modules.vqig",
 }

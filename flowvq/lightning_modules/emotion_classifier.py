@@ -7,6 +7,7 @@ robustness to generated input (noise and amplitude augmentation on the normalise
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from flowvq.lightning_modules.common import check_module_against_data, confusion
 from flowvq.lightning_modules.schedules import cosine_schedule
 from flowvq.nn.temporal import TemporalConvEncoder
 
-__all__ = ["EmotionClassifier"]
+__all__ = ["EmotionClassifier", "load_emotion_classifier"]
 
 
 class EmotionClassifier(LightningModule):
@@ -108,6 +109,24 @@ class EmotionClassifier(LightningModule):
         self.train(was_training)
         return logits.softmax(-1)
 
+    @torch.no_grad()
+    def embed(self, exp: Tensor, pose: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """The classifier's embedding ``(B, hidden)`` of normalised sequences of any length: the
+        pooled encoder features its emotion head reads. EPPL and EPDV
+        (:mod:`flowvq.metrics.interpolation`) measure distances in this space."""
+        if exp.shape[-1] != self.hparams.exp_dim:
+            raise ValueError(f"expected expression of size E={self.hparams.exp_dim}, got shape {tuple(exp.shape)}")
+        was_training = self.training
+        self.eval()
+        x = exp.to(self.device, self.dtype)
+        if self.hparams.use_pose:
+            if pose is None:
+                raise ValueError("this classifier was trained with use_pose=True: pass pose as well")
+            x = torch.cat([x, pose.to(self.device, self.dtype)], dim=-1)
+        h = self.encoder(x, None if mask is None else mask.to(self.device))
+        self.train(was_training)
+        return h
+
     def _augment(self, exp: Tensor) -> Tensor:
         gain = 1 + self.hparams.amplitude_jitter * torch.randn(exp.shape[0], 1, 1, device=exp.device)
         return exp * gain + self.hparams.input_noise * torch.randn_like(exp)
@@ -185,3 +204,34 @@ class EmotionClassifier(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         return {"optimizer": optimizer, "lr_scheduler": cosine_schedule(self, optimizer, final_fraction=0.02)}
+
+
+def load_emotion_classifier(
+    path: str | Path, exp_dim: int | None = None, map_location: Any = "cpu"
+) -> EmotionClassifier:
+    """An :class:`EmotionClassifier` in eval mode with frozen weights, from a Lightning checkpoint
+    (``.ckpt``) or a whole pickled module (``torch.save(classifier, path)``).
+
+    Raises:
+        FileNotFoundError: the file does not exist (says how to train one).
+        DatasetError: ``exp_dim`` is given and the classifier scores another E.
+    """
+    from flowvq.data.card import DatasetError
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"emotion_classifier={str(path)!r} does not exist: train one with "
+            "`flowvq fit --config configs/tiny/emotion_classifier.yaml` or set it to null"
+        )
+    # weights_only=False: a checkpoint also holds the DataModule's hparams; load only files you trust
+    loaded = torch.load(path, map_location=map_location, weights_only=False)
+    if isinstance(loaded, EmotionClassifier):
+        classifier = loaded
+    else:
+        classifier = EmotionClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    if exp_dim is not None and classifier.hparams.exp_dim != exp_dim:
+        raise DatasetError(
+            f"emotion_classifier={str(path)!r} scores E={classifier.hparams.exp_dim}, the generator makes "
+            f"E={exp_dim}: use a classifier trained on the same dataset"
+        )
+    return classifier.eval().requires_grad_(False)
