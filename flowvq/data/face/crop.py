@@ -27,13 +27,14 @@ def ffhq_quads(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """FFHQ-style crop square per frame from the eyes and mouth corners.
 
     Arguments:
-        landmarks: FaceMesh landmarks ``(T, N, >=2)`` in pixels.
+        landmarks: FaceMesh landmarks ``(T, N, >=2)`` in pixels, or their iBUG-68 subset ``(T, 68, >=2)``.
 
     Returns:
         centre ``(T, 2)`` and half-side vector ``x`` ``(T, 2)`` (along the crop's x axis);
         the crop's y axis is ``x`` turned by +90 degrees (downwards in the image).
     """
-    ibug = to_ibug68(landmarks[..., :2].astype(np.float64))  # (T, 68, 2)
+    points = landmarks[..., :2].astype(np.float64)
+    ibug = points if points.shape[-2] == 68 else to_ibug68(points)  # (T, 68, 2)
     eye_left, eye_right = ibug[:, 36:42].mean(1), ibug[:, 42:48].mean(1)
     mouth = (ibug[:, 48] + ibug[:, 54]) / 2
     eye_avg = (eye_left + eye_right) / 2
