@@ -12,7 +12,11 @@ import yaml
 from flowvq.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+#: LightningCLI configs; configs/pipeline/ holds pipeline YAMLs (stages + checkpoints), checked below.
+CONFIGS = sorted(
+    p for p in (ROOT / "configs").rglob("*.yaml") if "pipeline" not in p.relative_to(ROOT / "configs").parts
+)
+PIPELINES = sorted((ROOT / "configs" / "pipeline").glob("*.yaml"))
 
 
 def config_id(path: Path) -> str:
@@ -43,6 +47,23 @@ def test_config_instantiates(config, random_dataset, tmp_path, monkeypatch):
     for key, value in card.dims().items():  # sizes come from the dataset card, not the YAML
         if key in cli.model.hparams:
             assert cli.model.hparams[key] == value, key
+
+
+@pytest.mark.parametrize("config", PIPELINES, ids=config_id)
+def test_pipeline_config_names_known_stages(config, tmp_path, monkeypatch):
+    """A pipeline YAML parses, each role names a stage class that fills it, and loading it without
+    its checkpoints fails with the missing checkpoint named."""
+    from flowvq.pipeline.pipeline import Pipeline, PipelineError, parse_config
+    from flowvq.pipeline.stages import stage_class
+
+    spec = yaml.safe_load(config.read_text())
+    stages = parse_config(spec, str(config))
+    assert "expression" in stages
+    for role, stage in stages.items():
+        assert stage_class(stage.get("kind"), stage.get("class_path")).ROLE == role
+    monkeypatch.chdir(tmp_path)  # relative checkpoint paths resolve to nothing here
+    with pytest.raises(PipelineError, match="does not exist"):
+        Pipeline.from_config(spec, base=tmp_path)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
