@@ -1,18 +1,93 @@
-"""Face frames from clip shards: single frames (VQGAN codebook) and source/target pairs (VQIG, head generators)."""
+"""Face frames from clip shards: single frames (VQGAN codebook) and source/target pairs (VQIG, head generators).
+
+One speaker's frames (``speaker``): the person-specific head generators (GMTalker's StyleUNet)
+train on one person's video, so the split is by clip within that speaker rather than the
+card's split by speaker. The speaker's clips are gathered from whichever card split lists the
+speaker (``dataset.json`` ``speakers``); every ``holdout_every``-th take is held out
+(:func:`held_out_clip`) and serves as both ``val`` and ``test``; the others are ``train``.
+The rule is the one ``benchmarks/vq_ladder.py`` uses, so a VQIG and a StyleUNet trained on
+the same speaker are scored on the same clips.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from flowvq.data.card import DatasetError
 from flowvq.data.schema import num_frames
+from flowvq.data.shards import ClipShards
 from flowvq.datamodules.augment import color_jitter
-from flowvq.datamodules.base import ClipDataModule, Normalizer, decode_frame, flip_landmarks, sample_rng
+from flowvq.datamodules.base import (
+    ClipDataModule,
+    Normalizer,
+    collate_samples,
+    decode_frame,
+    flip_landmarks,
+    sample_rng,
+)
 
-__all__ = ["FrameDataModule", "FramePairDataModule", "FramePairSampler", "FrameSampler"]
+__all__ = [
+    "FrameDataModule",
+    "FramePairDataModule",
+    "FramePairSampler",
+    "FrameSampler",
+    "SpeakerClips",
+    "held_out_clip",
+]
+
+
+def held_out_clip(clip_id: str, position: int, every: int) -> bool:
+    """Whether a clip of a single-speaker split is held out (val/test) rather than trained on.
+
+    The take number is the clip id's trailing integer (SynthTalk's ``M001_happy_level2_015``,
+    MEAD's ``..._001``): every ``every``-th take (take % every == 0) is held out. Clip ids
+    without a trailing number use the clip's ``position`` among the speaker's clips sorted by id.
+    """
+    match = re.search(r"(\d+)$", clip_id)
+    take = int(match.group(1)) if match else position
+    return take % every == 0
+
+
+class SpeakerClips(Dataset):
+    """Map-style dataset of some clips of a dataset root, each item the samples of one clip.
+
+    Items are read from the clip shards by (split, index). Index ``epoch * len(clips) + i`` is
+    clip ``i`` sampled for loader epoch ``epoch + 1`` (see :class:`_EpochSampler`), so training
+    samples change every epoch and are seeded by the clip and epoch only, as in
+    :class:`~flowvq.datamodules.base.SampledShards`.
+    """
+
+    def __init__(self, root: Path, locations: list[tuple[str, int]], sampler: Any) -> None:
+        self.root, self.locations, self.sampler = Path(root), list(locations), sampler
+        self._shards: dict[str, ClipShards] = {}
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def __getitem__(self, index: int) -> list[dict[str, Any]]:
+        epoch, item = divmod(int(index), len(self.locations))
+        split, position = self.locations[item]
+        if split not in self._shards:
+            self._shards[split] = ClipShards(self.root, split)
+        return self.sampler(self._shards[split][position], epoch + 1)
+
+    def __getstate__(self) -> dict[str, Any]:  # workers open their own shard readers
+        return {**self.__dict__, "_shards": {}}
+
+
+class _EpochSampler(DistributedSampler):
+    """A DistributedSampler whose indices carry the epoch (``index + epoch * len(dataset)``)."""
+
+    def __iter__(self):
+        offset = self.epoch * len(self.dataset)
+        return (int(index) + offset for index in super().__iter__())
 
 
 @dataclass
@@ -121,7 +196,8 @@ def _check_jitter(who: str, strength: float) -> float:
 
 
 class _FrameModule(ClipDataModule):
-    """Shared by the frame DataModules: refuses coefficient-only datasets and sizes the images."""
+    """Shared by the frame DataModules: refuses coefficient-only datasets, sizes the images and
+    restricts them to one speaker (``speaker``; see the module docstring)."""
 
     def __init__(
         self,
@@ -133,11 +209,113 @@ class _FrameModule(ClipDataModule):
         shuffle: bool,
         eval_drop_last: bool | None,
         pin_memory: bool,
+        speaker: str | None = None,
+        holdout_every: int = 5,
     ) -> None:
         super().__init__(root, batch_size, num_workers, seed, shuffle, eval_drop_last, pin_memory)
         if image_size is not None and image_size < 1:
             raise ValueError(f"{type(self).__name__}: image_size={image_size} must be positive (or None)")
+        if holdout_every < 2:
+            raise ValueError(
+                f"{type(self).__name__}: holdout_every={holdout_every} must be >= 2 (1 holds out every clip)"
+            )
         self._image_size = image_size
+        self.speaker = speaker
+        self.holdout_every = int(holdout_every)
+        self._speaker_clips: dict[str, list[tuple[str, int]]] | None = None
+        self._speaker_loaders: dict[str, DataLoader] = {}
+
+    # ---------------------------------------------------------------- one speaker
+
+    def speaker_clips(self) -> dict[str, list[tuple[str, int]]]:
+        """``{"train": [...], "val": [...], "test": [...]}``: (card split, index) of the speaker's clips.
+
+        Raises:
+            ValueError: the speaker is not in the dataset (the message lists its speakers), or
+                it has too few clips to hold one out.
+        """
+        if self._speaker_clips is not None:
+            return self._speaker_clips
+        card = self.card
+        speakers = card.all_speakers
+        if self.speaker not in speakers:
+            raise ValueError(
+                f"{type(self).__name__}: speaker={self.speaker!r} is not in the dataset at {str(self.root)!r}; "
+                f"its speakers are {', '.join(speakers) or '(none listed in dataset.json)'}. "
+                "Set data.init_args.speaker to one of them"
+            )
+        found: list[tuple[str, str, int]] = []
+        for split in card.splits:
+            if self.speaker not in card.speakers.get(split, []):
+                continue
+            shards = ClipShards(self.root, split, validate=False)
+            for index in range(len(shards)):
+                record = shards[index]
+                if record["speaker"] == self.speaker:
+                    found.append((record["clip_id"], split, index))
+        found.sort()
+        held = [held_out_clip(clip, position, self.holdout_every) for position, (clip, _, _) in enumerate(found)]
+        train = [(split, index) for (_, split, index), h in zip(found, held) if not h]
+        evaluation = [(split, index) for (_, split, index), h in zip(found, held) if h]
+        if not train or not evaluation:
+            raise DatasetError(
+                f"{type(self).__name__}: speaker {self.speaker!r} has {len(found)} clips in {str(self.root)!r}: "
+                f"holding out every {self.holdout_every}th take leaves {len(train)} to train on and "
+                f"{len(evaluation)} to score; it needs at least one of each (lower holdout_every, or pick a "
+                "speaker with more clips)"
+            )
+        self._speaker_clips = {"train": train, "val": evaluation, "test": evaluation}
+        return self._speaker_clips
+
+    def _distribution(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
+    def loader(self, split: str) -> Any:
+        if self.speaker is None:
+            return super().loader(split)
+        if split in self._speaker_loaders:
+            return self._speaker_loaders[split]
+        self.check()
+        train = split == "train"
+        world, rank = self._distribution()
+        dataset = SpeakerClips(self.root, self.speaker_clips()[split], self.make_sampler(split))
+        drop_last = True if train else (self.eval_drop_last if self.eval_drop_last is not None else world > 1)
+        if train and len(dataset) // world < self.clips_per_batch:
+            raise DatasetError(
+                f"{type(self).__name__}: speaker {self.speaker!r} has {len(dataset)} training clips, fewer than "
+                f"{self.clips_per_batch} clips per batch x {world} devices: lower batch_size"
+            )
+        sampler = _EpochSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=self.shuffle and train, seed=self.seed, drop_last=drop_last
+        )
+        loader = DataLoader(
+            dataset,
+            batch_size=self.clips_per_batch,
+            sampler=sampler,
+            drop_last=train,
+            num_workers=self.num_workers,
+            collate_fn=collate_samples,
+            pin_memory=self.pin_memory,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        self._speaker_loaders[split] = loader
+        return loader
+
+    def train_dataloader(self) -> Any:
+        if self.speaker is None:
+            return super().train_dataloader()
+        return self.loader("train")  # the epoch comes from Lightning's sampler.set_epoch, also on resume
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.speaker is None:
+            return super().setup(stage)
+        self.card  # noqa: B018
+        self.normalizer  # noqa: B018
+        self.check()
+        self.speaker_clips()
 
     @property
     def image_size(self) -> int:
@@ -189,6 +367,10 @@ class FramePairDataModule(_FrameModule):
         color_jitter: strength in [0, 1] of a random colour transform (hue, saturation,
             brightness) shared by both frames of a training pair; 0 = off. See
             :mod:`flowvq.datamodules.augment`.
+        speaker: only this speaker's frames, split by clip within the speaker (every
+            ``holdout_every``-th take held out for val and test; see the module docstring);
+            ``None``: every speaker, the card's splits.
+        holdout_every: with ``speaker``: hold out takes whose number is a multiple of this.
         seed, shuffle, eval_drop_last, pin_memory: see :class:`~flowvq.datamodules.base.ClipDataModule`.
     """
 
@@ -204,8 +386,12 @@ class FramePairDataModule(_FrameModule):
         shuffle: bool = True,
         eval_drop_last: bool | None = None,
         pin_memory: bool = False,
+        speaker: str | None = None,
+        holdout_every: int = 5,
     ) -> None:
-        super().__init__(root, batch_size, num_workers, image_size, seed, shuffle, eval_drop_last, pin_memory)
+        super().__init__(
+            root, batch_size, num_workers, image_size, seed, shuffle, eval_drop_last, pin_memory, speaker, holdout_every
+        )
         if pairs_per_clip < 1:
             raise ValueError(f"FramePairDataModule: pairs_per_clip={pairs_per_clip} must be >= 1")
         self.pairs_per_clip = pairs_per_clip
@@ -241,6 +427,10 @@ class FrameDataModule(_FrameModule):
         color_jitter: strength in [0, 1] of a random colour transform (hue, saturation,
             brightness) of each training frame; 0 = off. A codebook trained on few identities
             needs it to reproduce the colours of unseen ones (see :mod:`flowvq.datamodules.augment`).
+        speaker: only this speaker's frames, split by clip within the speaker (every
+            ``holdout_every``-th take held out for val and test; see the module docstring);
+            ``None``: every speaker, the card's splits.
+        holdout_every: with ``speaker``: hold out takes whose number is a multiple of this.
         seed, shuffle, eval_drop_last, pin_memory: see :class:`~flowvq.datamodules.base.ClipDataModule`.
     """
 
@@ -257,8 +447,12 @@ class FrameDataModule(_FrameModule):
         shuffle: bool = True,
         eval_drop_last: bool | None = None,
         pin_memory: bool = False,
+        speaker: str | None = None,
+        holdout_every: int = 5,
     ) -> None:
-        super().__init__(root, batch_size, num_workers, image_size, seed, shuffle, eval_drop_last, pin_memory)
+        super().__init__(
+            root, batch_size, num_workers, image_size, seed, shuffle, eval_drop_last, pin_memory, speaker, holdout_every
+        )
         if frames_per_clip < 1:
             raise ValueError(f"FrameDataModule: frames_per_clip={frames_per_clip} must be >= 1")
         self.frames_per_clip = frames_per_clip
