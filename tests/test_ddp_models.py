@@ -51,6 +51,7 @@ def small_overrides(config: Path) -> list[str]:
         "CoefficientDataModule": ["--data.init_args.window", "8", "--data.init_args.windows_per_clip", "1"],
         "FrameDataModule": ["--data.init_args.frames_per_clip", "2"],
         "FramePairDataModule": ["--data.init_args.pairs_per_clip", "2"],
+        "AudioVisualDataModule": ["--data.init_args.windows_per_clip", "2"],
     }[data]
     args += ["--data.init_args.batch_size", "2" if data == "CoefficientDataModule" else "4"]
     if model in ("VQGAN", "VQIG"):

@@ -11,6 +11,8 @@ _MODULES = {
     "GMEG": "flowvq.lightning_modules.gmeg",
     "VQGAN": "flowvq.lightning_modules.vqgan",
     "VQIG": "flowvq.lightning_modules.vqig",
+    "SyncNet": "flowvq.lightning_modules.syncnet",
+    "FrameEmotionClassifier": "flowvq.lightning_modules.frame_emotion_classifier",
 }
 
 __all__ = list(_MODULES)
