@@ -6,14 +6,14 @@ components). Each step is embedded by the emotion classifier
 (:meth:`~flowvq.lightning_modules.emotion_classifier.EmotionClassifier.embed`), and with
 ``eps = 1 / (S - 1)`` the step size along the path:
 
-- per step ``i``: ``d_i = ||e_{i+1} - e_i||^2 / eps^2`` (the squared embedding distance between
-  consecutive steps, scaled as in a perceptual path length, so it does not depend on S for a
-  smooth path);
-- **EPPL** (emotion perceptual path length): the mean of ``d_i`` over steps (and paths);
-  low: the emotion does not wander on its way;
-- **EPDV** (emotion perceptual distance variance): the variance of ``d_i`` within a path,
-  averaged over paths; low: an even pace (a jump from one emotion to the other gives one
-  large ``d_i`` and a high EPDV).
+- per step ``i``: ``s_i = ||e_{i+1} - e_i|| / eps``, the embedding distance between
+  consecutive steps scaled by the step size (so it does not depend on S for a smooth path);
+- **EPPL** (emotion perceptual path length): the mean of ``s_i^2`` over steps (and paths), as
+  in a perceptual path length; low: the emotion does not wander on its way;
+- **EPDV** (emotion perceptual distance variance): the variance of ``s_i`` within a path,
+  averaged over paths; low: an even pace (a jump from one emotion to the other puts the whole
+  distance into one step: a high EPDV). Per path, EPPL = mean(s)^2 + EPDV: the squared
+  length's pace-independent part and the unevenness.
 
 The GMTalker paper names both metrics but its text available to us does not give the exact
 formulas; these are our reading (documented here, tested on paths with a known answer).
@@ -54,10 +54,10 @@ def _paths(embeddings: Tensor) -> Tensor:
 
 
 def step_distances(embeddings: Tensor) -> Tensor:
-    """``d_i = ||e_{i+1} - e_i||^2 / eps^2`` of paths ``[B, S, H]`` (or ``[S, H]``): ``[B, S - 1]``."""
+    """``s_i = ||e_{i+1} - e_i|| / eps`` of paths ``[B, S, H]`` (or ``[S, H]``): ``[B, S - 1]``."""
     e = _paths(embeddings)
     eps = 1.0 / (e.shape[1] - 1)
-    return (e[:, 1:] - e[:, :-1]).pow(2).sum(-1) / eps**2
+    return (e[:, 1:] - e[:, :-1]).norm(dim=-1) / eps
 
 
 def path_embeddings(classifier: Any, path: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -83,7 +83,8 @@ def monotonic_fraction(probabilities: Tensor, tolerance: float = 0.0) -> float:
 
 
 class EmotionPerceptualPathLength(Metric):
-    """EPPL: the mean scaled squared step distance along interpolation paths (module docstring).
+    """EPPL: the mean of the squared scaled step distances ``s_i^2`` along interpolation paths
+    (module docstring).
 
     Example:
         >>> metric = EmotionPerceptualPathLength()
@@ -103,7 +104,7 @@ class EmotionPerceptualPathLength(Metric):
     def update(self, embeddings: Tensor) -> None:
         """Add paths ``[B, S, H]`` (or one ``[S, H]``): the classifier's embedding of each step."""
         d = step_distances(embeddings)
-        self.total += d.sum()
+        self.total += d.pow(2).sum()
         self.steps += d.numel()
 
     def compute(self) -> Tensor:
@@ -113,7 +114,7 @@ class EmotionPerceptualPathLength(Metric):
 
 
 class EmotionPerceptualDistanceVariance(Metric):
-    """EPDV: the variance of the scaled squared step distances within each path, averaged over
+    """EPDV: the variance of the scaled step distances ``s_i`` within each path, averaged over
     paths (module docstring). 0 for a path at an even pace.
 
     Example:
