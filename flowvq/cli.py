@@ -25,6 +25,7 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 COMMANDS: dict[str, str | dict[str, str]] = {
     "synth": "flowvq.data.synth:synth",
     "demo": "flowvq.pipeline.demo:demo",
+    "generate": "flowvq.pipeline.generate:generate",
     "plot-samples": "flowvq.pipeline.flow_samples:plot_samples",
     "preview": "flowvq.data.synth:write_preview",
     "preprocess": {

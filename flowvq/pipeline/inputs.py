@@ -26,6 +26,8 @@ Example (runs as written once ``make demo`` has left ``runs/demo/``)::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,10 @@ from flowvq.data.video import MediaError, read_audio
 
 __all__ = [
     "FaceError",
+    "StreamingMel",
+    "iter_audio",
+    "native_quiet",
+    "read_image",
     "Framing",
     "SourceFace",
     "Speech",
@@ -213,6 +219,29 @@ def aligned_source(crop: np.ndarray, size: int, landmarks: np.ndarray | None = N
     return SourceFace(crop, points, faces=1, source="aligned crop")
 
 
+@contextmanager
+def native_quiet() -> Iterator[None]:
+    """Send what native libraries print to stderr (mediapipe's TFLite and absl lines) to /dev/null
+    for the duration; Python errors still raise as usual."""
+    import os
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. captured): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _landmarks_in(image: np.ndarray, box: np.ndarray | None) -> np.ndarray | None:
     """FaceMesh landmarks ``(478, 3)`` in image pixels, on a square around ``box`` (or the whole image)."""
     from flowvq.data.face import FaceTracker
@@ -225,7 +254,7 @@ def _landmarks_in(image: np.ndarray, box: np.ndarray | None) -> np.ndarray | Non
         x0 = int(np.clip((box[0] + box[2] - side) / 2, 0, width - side))
         y0 = int(np.clip((box[1] + box[3] - side) / 2, 0, height - side))
         region = image[y0 : y0 + side, x0 : x0 + side]
-    with FaceTracker(static_image_mode=True, find_small_faces=False) as tracker:
+    with native_quiet(), FaceTracker(static_image_mode=True, find_small_faces=False) as tracker:
         points = tracker(np.ascontiguousarray(region))
     if np.isnan(points).any():
         return None
@@ -255,7 +284,7 @@ def load_photo(image: str | Path | np.ndarray, size: int, framing: Framing | Non
     if photo.ndim != 3 or photo.shape[2] != 3:
         raise MediaError(f"{name}: expected an RGB image, got an array of shape {photo.shape}")
     framing = framing or Framing()
-    with FaceDetector() as detector:
+    with native_quiet(), FaceDetector() as detector:
         found = detector(photo)
     notes = []
     box = None
@@ -288,3 +317,99 @@ def load_photo(image: str | Path | np.ndarray, size: int, framing: Framing | Non
     crop = warp_crop(photo, matrix, size)
     landmarks = transform_points(matrix[None], ibug)[0].astype(np.float32)
     return SourceFace(crop, landmarks, matrix, photo, faces=max(1, len(found)), notes=notes, source=name)
+
+
+def iter_audio(path: str | Path, sample_rate: int, block: int = 3200):
+    """Decode a file's first audio stream as it is read: float32 mono blocks of about ``block`` samples.
+
+    Raises:
+        MediaError: a missing or unreadable file, or one without audio.
+    """
+    import av
+
+    from flowvq.data.video import NoAudioError, _open
+
+    container = _open(path)
+    try:
+        if not container.streams.audio:
+            raise NoAudioError(f"{str(path)!r} has no audio stream; give a speech recording or a video with sound")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        pending: list[np.ndarray] = []
+        size = 0
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                for out in resampler.resample(frame):
+                    pending.append(out.to_ndarray().reshape(-1))
+                    size += pending[-1].size
+                if size >= block:
+                    yield np.concatenate(pending).astype(np.float32)
+                    pending, size = [], 0
+            for out in resampler.resample(None):
+                pending.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as error:
+            raise MediaError(f"{str(path)!r}: audio decoding failed ({error}); the file is corrupt") from error
+        if pending:
+            yield np.concatenate(pending).astype(np.float32)
+    finally:
+        container.close()
+
+
+class StreamingMel:
+    """Log-mel columns of audio that arrives in blocks, equal to :func:`~flowvq.data.audio.log_mel`
+    of the whole recording (same zero padding at both ends, same STFT frames).
+
+    :meth:`push` adds samples; :meth:`ready` gives the mel ``[t, K, M]`` of the frames whose
+    STFT windows are complete (all of them after :meth:`finish`).
+    """
+
+    def __init__(self, card: DatasetCard | AudioFeatures) -> None:
+        self.features, self.fps = _features(card)
+        self.step = samples_per_frame(self.features, self.fps)
+        self.audio = np.zeros(0, dtype=np.float32)
+        self.done = 0  # frames whose mel has been given
+        self.final = False
+
+    def push(self, samples: np.ndarray) -> None:
+        self.audio = np.concatenate([self.audio, np.asarray(samples, dtype=np.float32).reshape(-1)])
+
+    def finish(self) -> None:
+        self.final = True
+
+    @property
+    def total_frames(self) -> int | None:
+        return -(-len(self.audio) // self.step) if self.final else None
+
+    def ready(self) -> np.ndarray:
+        import librosa
+
+        f = self.features
+        half = f.n_fft // 2
+        if self.final:
+            stop = self.total_frames
+        else:
+            stop = max(self.done, (len(self.audio) - half) // self.step)
+        if stop <= self.done:
+            return np.zeros((0, f.mel_per_frame, f.n_mels), dtype=np.float32)
+        begin = self.done * self.step - half
+        end = stop * self.step + half
+        limit = self.total_frames * self.step if self.final else len(self.audio)
+        segment = np.zeros(end - begin, dtype=np.float32)
+        lo, hi = max(begin, 0), min(end, limit, len(self.audio))
+        if hi > lo:
+            segment[lo - begin : hi - begin] = self.audio[lo:hi]
+        mel = librosa.feature.melspectrogram(
+            y=segment,
+            sr=f.sample_rate,
+            n_fft=f.n_fft,
+            hop_length=f.hop_length,
+            win_length=f.win_length,
+            n_mels=f.n_mels,
+            fmin=f.fmin,
+            fmax=f.fmax,
+            center=False,
+            power=2.0,
+        )
+        count = stop - self.done
+        mel = np.log(np.maximum(mel, 1e-5)).T[: count * f.mel_per_frame]
+        self.done = stop
+        return mel.reshape(count, f.mel_per_frame, f.n_mels).astype(np.float32)

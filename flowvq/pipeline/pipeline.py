@@ -35,7 +35,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from flowvq.data.video import MediaError
 from flowvq.pipeline.inputs import (
+    SILENT_PEAK,
     Framing,
     SourceFace,
     Speech,
@@ -46,7 +48,7 @@ from flowvq.pipeline.inputs import (
 )
 from flowvq.pipeline.stages import ROLES, EmotionRequest, PipelineError, Stage, stage_class
 
-__all__ = ["GenerationResult", "Pipeline", "PipelineError", "load_reference"]
+__all__ = ["GenerationResult", "Pipeline", "PipelineError", "StreamChunk", "load_reference"]
 
 
 @dataclass
@@ -338,17 +340,19 @@ class Pipeline:
         seed: int,
         seconds: dict[str, float],
         prev: dict[str, np.ndarray] | None = None,
+        span: tuple[int, int] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Every coefficient stage on log-mel ``[T, K, M]``: ``{"exp": [N, T, E], "pose": [N, T, P]}``."""
+        """Every coefficient stage on log-mel ``[T, K, M]`` (frames ``span`` of it, continuing from
+        ``prev``): ``{"exp": [N, T, E], "pose": [N, T, P], "motion": [N, T, P + extras]}``."""
         prev = prev or {}
         with _timed(seconds, "expression"):
             out = self.stages["expression"].generate(
-                mel, request, samples, seed, self.temperature, prev=prev.get("exp")
+                mel, request, samples, seed, self.temperature, prev=prev.get("exp"), span=span
             )
         if "motion" in self.stages:
             with _timed(seconds, "motion"):
                 motion = self.stages["motion"].generate(
-                    mel, request, samples, seed, self.temperature, prev=prev.get("motion")
+                    mel, request, samples, seed, self.temperature, prev=prev.get("motion"), span=span
                 )
             out["pose"] = motion.pop("pose")
             names = list(self.card.exp_names)
@@ -358,7 +362,7 @@ class Pipeline:
                     out["exp"][..., names.index(name)] = values
         else:
             stats = self.card.stats
-            t = mel.shape[0]
+            t = out["exp"].shape[1]
             out["pose"] = np.broadcast_to(
                 np.asarray(stats.pose_mean, np.float32), (samples, t, len(stats.pose_mean))
             ).copy()
@@ -461,6 +465,102 @@ class Pipeline:
             emotion=request.describe(),
             notes=list(source.notes) if source is not None else [],
         )
+
+    def stream(
+        self,
+        image: str | Path | np.ndarray | SourceFace,
+        audio: str | Path | Iterator[np.ndarray],
+        emotion: str | None = "neutral",
+        emotion_weights: dict[str, float] | None = None,
+        intensity: float = 2,
+        samples: int = 1,
+        seed: int = 0,
+        reference: str | Path | np.ndarray | None = None,
+        aligned: bool = False,
+        chunk_frames: int = 25,
+    ) -> Iterator[StreamChunk]:
+        """Generate while the audio is read: chunks of about ``chunk_frames`` frames, each as soon
+        as its audio (and the flows' look-ahead of ``audio_context`` frames) has arrived.
+
+        Arguments as :meth:`generate`; ``audio`` is a file path (decoded block by block) or an
+        iterator of float32 blocks at the card's sample rate. Each chunk continues the previous
+        one's coefficients (the flows' previous-frame context), sample k with seeds derived
+        from ``seed + k``; the mel features equal those of the whole recording.
+        """
+        from flowvq.pipeline.inputs import StreamingMel, iter_audio
+
+        request = self.request(emotion, emotion_weights, intensity, reference)
+        source = self.source(image, aligned) if "renderer" in self.stages else None
+        blocks = iter_audio(audio, self.card.audio.sample_rate) if isinstance(audio, (str, Path)) else audio
+        context = max(getattr(s, "audio_context", 0) for s in self.stages.values())
+        mel_stream = StreamingMel(self.card)
+        mel = np.zeros((0, self.card.audio.mel_per_frame, self.card.audio.n_mels), dtype=np.float32)
+        done, index = 0, 0
+        prev: list[dict[str, np.ndarray]] = [{} for _ in range(samples)]
+        heard = 0
+        finished = False
+        while not finished:
+            try:
+                block = next(blocks)
+                mel_stream.push(block)
+                heard += len(block)
+            except StopIteration:
+                mel_stream.finish()
+                finished = True
+            mel = np.concatenate([mel, mel_stream.ready()])
+            if finished and (heard == 0 or float(np.abs(mel_stream.audio).max()) < SILENT_PEAK):
+                raise MediaError(
+                    f"{audio if isinstance(audio, (str, Path)) else 'the audio'}: the audio is silent or empty; give a recording of speech"
+                )
+            stop = len(mel) if finished else len(mel) - context
+            if stop - done < (1 if finished else chunk_frames):
+                continue
+            seconds: dict[str, float] = {}
+            start = time.perf_counter()
+            window = mel[: min(len(mel), stop + context)]
+            # the chunk's frames with their audio context; the previous chunk's last frames as history
+            parts: dict[str, list[np.ndarray]] = {}
+            for k in range(samples):
+                one = self.coefficients(window, request, 1, seed + k + 7_919 * index, seconds, prev[k], (done, stop))
+                prev[k] = (
+                    {"exp": one["exp"][0, -8:], "motion": one["motion"][0, -8:]}
+                    if "motion" in one
+                    else {"exp": one["exp"][0, -8:]}
+                )
+                for key, value in one.items():
+                    parts.setdefault(key, []).append(value)
+            coefficients = {key: np.concatenate(values) for key, values in parts.items()}
+            frames = None
+            if source is not None:
+                with _timed(seconds, "renderer"):
+                    frames = np.stack(
+                        [
+                            self.stages["renderer"].render(
+                                source.crop, coefficients["exp"][k], coefficients["pose"][k], precision=self.precision
+                            )
+                            for k in range(samples)
+                        ]
+                    )
+            seconds["total"] = time.perf_counter() - start
+            step = mel_stream.step
+            yield StreamChunk(
+                index, done, frames, coefficients, mel_stream.audio[done * step : stop * step], seconds, source
+            )
+            done, index = stop, index + 1
+
+
+@dataclass
+class StreamChunk:
+    """One chunk of :meth:`Pipeline.stream`: frames ``[N, t, 3, H, W]`` from frame ``start`` on,
+    their coefficients, the audio under them and the seconds each stage took."""
+
+    index: int
+    start: int
+    frames: np.ndarray | None
+    coefficients: dict[str, np.ndarray]
+    audio: np.ndarray
+    seconds: dict[str, float]
+    source: SourceFace | None
 
 
 def parse_config(config: Any, source: str = "pipeline config") -> dict[str, dict[str, Any]]:

@@ -242,8 +242,10 @@ class _FlowStage(Stage):
 
         return audio_context_of(self.model)
 
-    def windows(self, mel: np.ndarray) -> Tensor:
-        return mel_windows(mel, self.audio_context, self.card)
+    def windows(self, mel: np.ndarray, span: tuple[int, int] | None = None) -> Tensor:
+        """Normalised mel windows of frames ``span`` (default: all) of log-mel ``[T, K, M]``."""
+        windows = mel_windows(mel, self.audio_context, self.card)
+        return windows if span is None else windows[span[0] : span[1]]
 
     def _to_units(self, x: Tensor) -> np.ndarray:
         return self.model.denormalize(x).float().cpu().numpy()
@@ -296,9 +298,11 @@ class ExpFlowStage(_FlowStage):
         seed: int,
         temperature: float = 0.8,
         prev: np.ndarray | None = None,
+        span: tuple[int, int] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Expression coefficients ``{"exp": [N, T, E]}`` in dataset units for log-mel ``[T, K, M]``."""
-        windows = self.windows(mel)
+        """Expression coefficients ``{"exp": [N, T, E]}`` in dataset units for log-mel ``[T, K, M]``
+        (frames ``span`` of it, continuing from ``prev`` ``[K', E]``)."""
+        windows = self.windows(mel, span)
         code, scale, level = None, None, request.intensity
         if request.reference is not None:
             reference = self._prev(np.asarray(request.reference, dtype=np.float32))
@@ -335,9 +339,10 @@ class PoseFlowStage(_FlowStage):
         seed: int,
         temperature: float = 0.8,
         prev: np.ndarray | None = None,
+        span: tuple[int, int] | None = None,
     ) -> dict[str, np.ndarray]:
         """``{"pose": [N, T, P], <extra exp name>: [N, T]}`` in dataset units."""
-        windows = self.windows(mel)
+        windows = self.windows(mel, span)
         x = self.model.sample(
             windows, num_samples=samples, temperature=temperature, seed=seed + 7919, prev=self._prev(prev)
         )
