@@ -41,6 +41,7 @@ References:
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -258,7 +259,7 @@ class GMEG(LightningModule):
     # -- emotion weights -------------------------------------------------------------------
 
     def _index(self, emotion: str | int) -> int:
-        if isinstance(emotion, (int, torch.Tensor)) and not isinstance(emotion, bool):
+        if isinstance(emotion, (numbers.Integral, torch.Tensor)) and not isinstance(emotion, bool):
             index = int(emotion)
             if not 0 <= index < self.num_emotions:
                 raise ValueError(
