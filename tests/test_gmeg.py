@@ -79,7 +79,25 @@ def test_one_batch_fit_trains_every_parameter(data, tmp_path, precision):
     assert int(model.noise_rho_steps) == 1 and (model.noise_rho >= 0).all()
 
 
+def test_fitting_lowers_the_loss_of_a_held_out_batch(data, tmp_path):
+    torch.manual_seed(0)
+    model = GMEG(**data.dims, **TINY, lr=3e-3)
+    data.setup("validate")
+    batch = next(iter(data.val_dataloader()))
+
+    def loss() -> float:
+        torch.manual_seed(1)
+        return float(model.eval()._loss(batch)["loss"])
+
+    before = loss()
+    quiet_trainer(tmp_path, max_steps=30, limit_val_batches=0).fit(model, datamodule=data)
+    assert loss() < before - 0.2, (before, loss())
+
+
 def test_validation_logs_samples_and_interpolation_metrics(data, tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from flowvq.lightning_modules.emotion_classifier import EmotionClassifier
 
     torch.manual_seed(0)
@@ -88,7 +106,8 @@ def test_validation_logs_samples_and_interpolation_metrics(data, tmp_path):
     quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(classifier, datamodule=data)
     Trainer.save_checkpoint(classifier.trainer, path)
     model = GMEG(**data.dims, **TINY, emotion_classifier=str(path), interpolation_steps=5)
-    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=1, num_sanity_val_steps=0)
+    logger = TensorBoardLogger(tmp_path, name="gmeg")
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=1, num_sanity_val_steps=0, logger=logger)
     trainer.fit(model, datamodule=data)
     trainer.validate(model, datamodule=data, verbose=False)
     metrics = trainer.callback_metrics
@@ -101,6 +120,11 @@ def test_validation_logs_samples_and_interpolation_metrics(data, tmp_path):
         "val/epdv",
     ):
         assert name in metrics and math.isfinite(float(metrics[name])), name
+    run = next((tmp_path / "gmeg").glob("version_*"))
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert "val/blend_strips" in events.Tags()["images"]  # a strip of samples per blend
+    assert {"val/eppl", "val/epdv"} <= set(events.Tags()["scalars"])
+    assert (run / "projector_config.pbtxt").is_file()  # z_gm per window, labelled by emotion
 
 
 def test_sample_interpolate_and_latent_shapes(fitted, mel):
