@@ -26,6 +26,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "synth": "flowvq.data.synth:synth",
     "demo": "flowvq.pipeline.demo:demo",
     "generate": "flowvq.pipeline.generate:generate",
+    "evaluate": "flowvq.pipeline.evaluate:evaluate_command",
     "plot-samples": "flowvq.pipeline.flow_samples:plot_samples",
     "preview": "flowvq.data.synth:write_preview",
     "preprocess": {
