@@ -282,6 +282,11 @@ def _load(kind: str, path: str | Path | None, device: str) -> tuple[Any, str | N
     import importlib
 
     cls = getattr(importlib.import_module(module[0]), module[1])
+    stored = torch.load(path, map_location=device, weights_only=False)
+    if isinstance(stored, cls):  # a whole pickled module (torch.save(model)) rather than a Lightning checkpoint
+        return stored.eval(), None
+    if not isinstance(stored, dict) or "state_dict" not in stored:
+        raise ValueError(f"{flag} {str(path)!r} is neither a Lightning checkpoint nor a saved {module[1]}")
     return cls.load_from_checkpoint(path, map_location=device).eval(), None
 
 
@@ -336,7 +341,8 @@ def evaluate(
         samples: samples per clip for the diversity column (1: no diversity).
         seed: generation seed of every clip.
         source: ``neutral`` or ``first_frame`` (the protocol above).
-        limit: score only the first ``limit`` clips (sorted by clip id).
+        limit: score only ``limit`` clips, evenly spaced over the clips sorted by id (so every
+            speaker and emotion of the split is in the subset).
         baselines: add the source-copy and ground-truth rows.
         cpbd_stride: CPBD on every n-th frame (it is the slowest metric).
         device, precision: for the pipeline and the evaluation networks.
@@ -396,7 +402,9 @@ def evaluate(
         raise ValueError(f"the {split!r} split of {str(root)!r} has no clips")
     by_id = {r["clip_id"]: r for r in records}
     sources = source_clips(records, source)
-    scored = records[:limit] if limit else records
+    scored = records
+    if limit and limit < len(records):  # evenly spaced over the sorted clips: every speaker and emotion
+        scored = [records[int(i)] for i in np.linspace(0, len(records) - 1, limit).round()]
     size = card.frame_size
 
     row_names: list[str] = []
@@ -603,7 +611,7 @@ def evaluate_command(
         samples: samples per clip for the diversity column.
         seed: generation seed.
         source: neutral or first_frame (which frame the videos are generated from).
-        limit: score only the first LIMIT clips.
+        limit: score only LIMIT clips, evenly spaced over the split (every speaker and emotion).
         baselines: add the source-copy and ground-truth rows.
         device: cpu or cuda.
         precision: 32 or bf16.
