@@ -292,7 +292,9 @@ def test_previous_run_is_refused_unless_overwrite(tiny_yaml, media, tmp_path, mo
     assert run_console([*args, "--overwrite", "true"], monkeypatch, capsys)[0] == 0
 
 
-def test_stages_that_do_not_match_are_refused_naming_both(tiny_stages, make_random_dataset, tmp_path):
+def test_stages_that_do_not_match_are_refused_naming_both(
+    tiny_stages, make_random_dataset, named_random_dataset, tmp_path
+):
     from flowvq.pipeline import Pipeline
     from flowvq.pipeline.stages import PipelineError
 
@@ -303,6 +305,14 @@ def test_stages_that_do_not_match_are_refused_naming_both(tiny_stages, make_rand
         Pipeline.from_yaml(path)
     message = str(error.value)
     assert "'renderer'" in message and "'expression'" in message and "exp_dim 16 vs 8" in message
+    # the same sizes from another dataset: another coefficient space, refused by name
+    card = json.loads((named_random_dataset / "dataset.json").read_text())
+    (tmp_path / "another.json").write_text(json.dumps({**card, "name": "another"}))
+    spec = yaml.safe_load(pipeline_yaml(tmp_path / "other.yaml", tiny_stages).read_text())
+    spec["stages"]["renderer"]["card"] = str(tmp_path / "another.json")
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(PipelineError, match=r"stage 'renderer' .* datasets 'another' \(synthetic\) vs 'random'"):
+        Pipeline.from_yaml(tmp_path / "other.yaml")
 
 
 def test_batch_records_a_failed_row_and_goes_on(tiny_yaml, media, tmp_path, monkeypatch, capsys):
@@ -337,3 +347,110 @@ def test_fit_config_writes_only_under_its_folder(tiny_stages):
     assert all(path.is_relative_to(folder) for path in tiny_stages.values())
     assert {p.name for p in folder.iterdir()} == {"expflow", "poseflow", "vqgan", "vqig"}
     assert LEFT_IN_CWD == []
+
+
+def readme_example(marker: str) -> str:
+    """The python block after ``<!-- readme-example: marker -->`` in the README."""
+    text = (ROOT / "README.md").read_text()
+    after = text.split(f"<!-- readme-example: {marker} -->", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_python_example_runs_as_written(tiny_stages, media, tmp_path, monkeypatch, capsys):
+    """The README's example, unchanged, in a folder laid out as `make demo` leaves runs/demo/."""
+    import shutil
+
+    demo = tmp_path / "runs" / "demo"
+    (demo / "inputs").mkdir(parents=True)
+    pipeline_yaml(demo / "pipeline.yaml", tiny_stages)
+    Image.open(media["photo"]).save(demo / "inputs" / "photo.png")
+    shutil.copy(media["speech"], demo / "inputs" / "speech.wav")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(readme_example("generate"), "README.md", "exec"), {"__name__": "readme"})
+    printed = capsys.readouterr().out
+    frames = int(np.ceil(SECONDS * 16000 / 640))
+    assert f"(2, {frames}, 3, 64, 64) 25.0" in printed
+    assert probe(tmp_path / "happy.mp4").has_audio and len(read_video(tmp_path / "happy.mp4")) == frames
+    assert f"({frames}, 4, 80) (64, 64, 3) (68, 2)" in printed
+
+
+def run_notebook(name: str, env: dict[str, str], cwd: Path) -> None:
+    """Execute notebooks/<name> top to bottom in a fresh kernel with ``env`` set (tiny settings)."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    book = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    assert all(not cell.get("outputs") for cell in book.cells if cell.cell_type == "code"), "commit without outputs"
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        NotebookClient(book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    errors = [out for cell in book.cells for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+    assert not errors
+    return book
+
+
+def test_notebook_synthtalk_and_expflow_diversity(synth_tiny_root, tmp_path):
+    book = run_notebook(
+        "synthtalk_expflow_diversity.ipynb",
+        {"FLOWVQ_NB_DATA": str(synth_tiny_root), "FLOWVQ_NB_STEPS": "10", "FLOWVQ_NB_SAMPLES": "3",
+         "FLOWVQ_NB_WORK": str(tmp_path / "work")},
+        tmp_path,
+    )  # fmt: skip
+    images = [o for c in book.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 4  # faces, jaw vs envelope, emotion means, samples
+    table = [o for c in book.cells for o in c.get("outputs", []) if "text/markdown" in o.get("data", {})][-1]
+    assert "| emotion | diversity |" in table["data"]["text/markdown"]
+
+
+def test_notebook_generate_and_score(tiny_stages, media, tmp_path):
+    pipeline = pipeline_yaml(tmp_path / "pipeline.yaml", tiny_stages)
+    book = run_notebook(
+        "generate_and_score.ipynb",
+        {"FLOWVQ_NB_PIPELINE": str(pipeline), "FLOWVQ_NB_PHOTO": str(media["photo"]),
+         "FLOWVQ_NB_AUDIO": str(media["speech"]), "FLOWVQ_NB_WORK": str(tmp_path / "work"),
+         "FLOWVQ_NB_EVALUATE": "0"},
+        tmp_path,
+    )  # fmt: skip
+    html = [o for c in book.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+    assert any("<video" in o["data"]["text/html"] for o in html)
+    tables = [
+        o["data"]["text/markdown"]
+        for c in book.cells
+        for o in c.get("outputs", [])
+        if "text/markdown" in o.get("data", {})
+    ]
+    assert any("| emotion | lip-sync r |" in t for t in tables)
+    assert (tmp_path / "work" / "happy.mp4").exists()
+
+
+def test_gmeg_fills_the_expression_role_by_config(tiny_stages, named_random_dataset, media, tmp_path):
+    """GMTalker's expression generator joins the chain through the registry (kind: gmeg), no code
+    change: emotion blends go to GMEG's simplex, its z_gm comes out with the coefficients."""
+    from flowvq.pipeline import Pipeline
+    from flowvq.pipeline.train import fit_config
+
+    gmeg = fit_config(
+        TINY / "gmeg.yaml", named_random_dataset, tmp_path, "gmeg", {**FAST, **COEFFICIENT_DATA}, progress=False
+    )
+    path = pipeline_yaml(tmp_path / "gm.yaml", tiny_stages)
+    spec = yaml.safe_load(path.read_text())
+    spec["stages"]["expression"] = {"kind": "gmeg", "checkpoint": str(gmeg.checkpoint)}
+    path.write_text(yaml.safe_dump(spec))
+    pipeline = Pipeline.from_yaml(path)
+    result = pipeline.generate(
+        media["photo"], media["speech"], emotion_weights={"happy": 0.6, "surprised": 0.4}, samples=2
+    )
+    t = result.num_frames
+    assert result.frames.shape[:2] == (2, t) and result.coefficients["z_gm"].shape[:2] == (2, t)
+    happy = pipeline.generate(None, media["speech"], emotion="happy", render=False, seed=0)
+    sad = pipeline.generate(None, media["speech"], emotion="sad", render=False, seed=0)
+    assert not np.allclose(happy.coefficients["exp"], sad.coefficients["exp"])

@@ -1,70 +1,48 @@
-"""``flowvq demo``: the suite's main job at CPU scale on the built-in SynthTalk dataset.
+"""``flowvq demo``: the whole chain at CPU scale on the built-in SynthTalk dataset.
 
-Writes SynthTalk (tiny preset) unless it is already there, trains each stage with its
-``configs/tiny/`` config through the same LightningCLI that ``flowvq fit`` uses, scores the
-held-out speakers, and prints where the TensorBoard runs are.
+Writes SynthTalk (tiny preset), trains each stage briefly with its ``configs/tiny/`` config
+(the coefficient emotion classifier, ExpFlow, PoseFlow, the VQGAN codebook, VQIG), writes
+``pipeline.yaml`` naming their checkpoints, generates one video per emotion of a held-out
+speaker's photo saying a held-out clip's audio, and scores the pipeline with
+``flowvq evaluate`` where it is installed. Everything it writes is under ``--out``;
+afterwards ``flowvq generate --pipeline <out>/pipeline.yaml --image any.jpg --audio any.wav``
+works.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIG_DIR", "demo", "fit_stage"]
+__all__ = ["config_dir", "demo", "render_grid"]
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 STAGES = ("flows", "image")
 
 
+def config_dir() -> Path:
+    """The folder of flowvq's YAML configs: ``$FLOWVQ_CONFIGS``, else the checkout's ``configs/``,
+    else the copy a wheel installs under ``<prefix>/share/flowvq/configs``."""
+    candidates = []
+    if os.environ.get("FLOWVQ_CONFIGS"):
+        candidates.append(Path(os.environ["FLOWVQ_CONFIGS"]))
+    candidates.append(Path(__file__).resolve().parents[2] / "configs")
+    candidates += [Path(prefix) / "share" / "flowvq" / "configs" for prefix in (sys.prefix, sys.base_prefix)]
+    for folder in candidates:
+        if (folder / "tiny").is_dir():
+            return folder
+    raise FileNotFoundError(
+        "flowvq's configs are not found (looked in "
+        + ", ".join(str(c) for c in candidates)
+        + "); set FLOWVQ_CONFIGS to the configs/ folder of a flowvq checkout"
+    )
+
+
 def _config(name: str) -> Path:
-    path = CONFIG_DIR / "tiny" / f"{name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: `flowvq demo` runs the configs of a flowvq checkout; "
-            "install flowvq with `pip install -e .` from the repository"
-        )
-    return path
-
-
-def fit_stage(name: str, data: Path, out: Path, extra: list[str] | None = None, test: bool = True) -> dict[str, Any]:
-    """Fit ``configs/tiny/<name>.yaml`` on ``data``, logging under ``out``; test the best checkpoint.
-
-    Returns the stage's summary: checkpoint, TensorBoard directory, test metrics, seconds.
-    """
-    from flowvq.cli import FlowvqCLI
-
-    start = time.perf_counter()
-    args = [
-        "fit",
-        "--config",
-        str(_config(name)),
-        "--data.init_args.root",
-        str(data),
-        "--trainer.logger.init_args.save_dir",
-        str(out),
-        "--trainer.enable_progress_bar",
-        "false",
-        *(extra or []),
-    ]
-    with warnings.catch_warnings():  # the demo's own sys.argv is not meant for LightningCLI
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-        cli = FlowvqCLI(args=args)
-    trainer = cli.trainer
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    metrics: dict[str, float] = {}
-    if test and cli.datamodule.card.splits.get("test"):
-        results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)
-        metrics = {key: float(value) for key, value in (results[0] if results else {}).items()}
-    return {
-        "stage": name,
-        "checkpoint": best or (trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""),
-        "tensorboard": trainer.logger.log_dir if trainer.logger else None,
-        "test": metrics,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    return config_dir() / "tiny" / f"{name}.yaml"
 
 
 def render_grid(checkpoint: Path, data: Path, out: Path, count: int = 8, split: str = "test") -> Path:
@@ -93,26 +71,154 @@ def render_grid(checkpoint: Path, data: Path, out: Path, count: int = 8, split: 
     return out
 
 
+class _Console:
+    """One line per step, numbered."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.step = steps, 0
+
+    def __call__(self, message: str, count: bool = True) -> None:
+        if count:
+            self.step += 1
+            print(f"[demo {self.step}/{self.steps}] {message}", flush=True)
+        else:
+            print(f"[demo] {message}", flush=True)
+
+
+def held_out_inputs(data: Path, out: Path, size: int = 256) -> dict[str, Any]:
+    """A held-out (test) speaker's photo and another held-out clip's audio, written as files.
+
+    The photo is the first frame of the speaker's first test clip, upscaled to ``size`` (a
+    user's photo is larger than a 64 px crop); the audio is the first test clip of a different
+    test speaker (or a different clip), so neither was seen in training.
+    """
+    import io
+    import wave
+
+    import numpy as np
+    from PIL import Image
+
+    from flowvq.data.schema import unpack_frame
+    from flowvq.data.shards import open_split
+
+    records = open_split(data, "test")
+    first = records[0]
+    other = next((records[i] for i in range(1, len(records)) if records[i]["speaker"] != first["speaker"]), None)
+    other = other if other is not None else records[min(1, len(records) - 1)]
+    frame = Image.open(io.BytesIO(unpack_frame(first, 0))).convert("RGB").resize((size, size), Image.BICUBIC)
+    out.mkdir(parents=True, exist_ok=True)
+    photo = out / "photo.png"
+    frame.save(photo)
+    speech = out / "speech.wav"
+    with wave.open(str(speech), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(16000)
+        handle.writeframes(np.asarray(other["audio"], dtype=np.int16).tobytes())
+    return {
+        "photo": photo,
+        "photo_speaker": first["speaker"],
+        "speech": speech,
+        "speech_clip": other["clip_id"],
+        "speech_speaker": other["speaker"],
+    }
+
+
+def write_pipeline_yaml(path: Path, checkpoints: dict[str, Path], data: Path, framing: dict | None) -> Path:
+    """``pipeline.yaml`` naming the demo's checkpoints and card by paths relative to its folder."""
+    import yaml
+
+    def rel(target: Path) -> str:
+        return os.path.relpath(Path(target).resolve(), path.parent.resolve())
+
+    kinds = {"expression": "expflow", "motion": "poseflow", "renderer": "vqig"}
+    spec = {
+        "name": "flowvqtalker-demo",
+        "card": rel(data),
+        "stages": {role: {"kind": kinds[role], "checkpoint": rel(ckpt)} for role, ckpt in checkpoints.items()},
+        "sampling": {"temperature": 0.8},
+        "framing": framing,
+        "check_datasets": True,
+    }
+    header = "# Written by `flowvq demo`: FlowVQTalker's tiny stages on SynthTalk. Paths are relative to this file.\n"
+    path.write_text(header + yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _emotion_videos(pipeline: Any, inputs: dict[str, Any], out: Path, seed: int) -> list[Path]:
+    """One mp4 per emotion (and one of them all side by side), with the audio muxed."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from flowvq.pipeline.generate import VideoWriter
+
+    names = list(pipeline.card.emotion_names)
+    speech = pipeline.speech(inputs["speech"])
+    source = pipeline.source(inputs["photo"])
+    tiles, paths = [], []
+    with tqdm(total=len(names), desc="videos", unit="emotion", leave=False) as bar:
+        for name in names:
+            result = pipeline.generate(source, speech, emotion=name, intensity=2, seed=seed)
+            frames = np.ascontiguousarray(result.frames[0].transpose(0, 2, 3, 1))
+            writer = VideoWriter(out / f"{name}.mp4", frames.shape[2], frames.shape[1], result.fps, result.sample_rate)
+            writer.write(frames, result.audio)
+            paths.append(writer.close())
+            tiles.append(frames)
+            bar.update(1)
+    columns = 4
+    rows = [np.concatenate(tiles[i : i + columns], axis=2) for i in range(0, len(tiles), columns)]
+    rows[-1] = np.pad(rows[-1], ((0, 0), (0, 0), (0, rows[0].shape[2] - rows[-1].shape[2]), (0, 0)))
+    grid = np.concatenate(rows, axis=1)
+    writer = VideoWriter(out / "all_emotions.mp4", grid.shape[2], grid.shape[1], pipeline.fps, speech.sample_rate)
+    writer.write(grid, speech.waveform)
+    paths.append(writer.close())
+    return paths
+
+
+def _evaluator() -> Any:
+    """``flowvq evaluate``'s function where this version has it (None otherwise)."""
+    try:
+        from flowvq.pipeline.evaluate import evaluate
+    except ImportError:
+        return None
+    return evaluate
+
+
 def demo(
     out: Path = Path("runs/demo"),
-    data: Path = Path("data/synth"),
+    data: Path | None = None,
     seed: int = 0,
     fresh_data: bool = False,
     stages: list[str] | None = None,
+    flow_epochs: int | None = None,
     image_epochs: int = 5,
+    evaluate: bool = True,
+    eval_epochs: int = 3,
+    eval_clips: int | None = 8,
 ) -> list[dict[str, Any]]:
-    """Run the whole suite at CPU scale on SynthTalk and print where to look.
+    """Run the whole chain at CPU scale on SynthTalk: train every stage, generate videos, score them.
+
+    Everything goes under ``out``: the dataset (``data/`` unless ``--data`` names one),
+    each stage's checkpoints and TensorBoard run (``<stage>/``), ``pipeline.yaml``, the
+    held-out inputs (``inputs/``), one video per emotion (``videos/``), pictures and
+    ``demo.json``. Then ``flowvq generate --pipeline <out>/pipeline.yaml --image any.jpg
+    --audio any.wav`` works.
 
     Args:
-        out: where TensorBoard runs, checkpoints and the summary (``demo.json``) go.
-        data: the SynthTalk root; written with the tiny preset unless a dataset is there.
-        seed: seed of the synthetic dataset.
+        out: the folder for everything the demo writes.
+        data: a SynthTalk root to use (default ``<out>/data``, written with the tiny preset
+            unless a dataset is there).
+        seed: seed of the synthetic dataset and of the samples.
         fresh_data: rewrite the dataset even if one is there.
-        stages: which groups to run after the emotion classifier (always first: the flows
-            score their samples with it): ``flows`` (ExpFlow, PoseFlow), ``image``
-            (VQGAN codebook, then VQIG on it; a few epochs each: the demo shows the path
-            works, real quality needs a GPU or hours). Default: all.
-        image_epochs: epochs of each image stage.
+        stages: which groups to run after the emotion classifier (always first: ExpFlow's
+            validation scores its samples with it): ``flows`` (ExpFlow, PoseFlow), ``image``
+            (VQGAN codebook, then VQIG on it). Videos need both. Default: both.
+        flow_epochs: epochs of each flow (default: the tiny configs').
+        image_epochs: epochs of each image stage (the demo shows the path works; real
+            quality needs a GPU or hours).
+        evaluate: score the pipeline with ``flowvq evaluate`` where it is installed: the
+            evaluation networks (SyncNet, frame emotion classifier) train for ``eval_epochs``
+            epochs first; ``eval_clips`` test clips are scored (None: all).
     """
     stages = list(STAGES if stages is None else stages)
     unknown = sorted(set(stages) - set(STAGES))
@@ -120,54 +226,135 @@ def demo(
         raise ValueError(f"unknown demo stages {unknown}: expected some of {', '.join(STAGES)}")
     from flowvq.data.card import CARD_NAME
     from flowvq.data.synth import synth
+    from flowvq.pipeline.train import fit_config, quiet_lightning
 
     out = Path(out)
-    data = Path(data)
+    data = Path(data) if data is not None else out / "data"
+    full = set(stages) == set(STAGES)
+    scorer = _evaluator() if evaluate and full else None
+    steps = 2 + 2 * ("flows" in stages) + 2 * ("image" in stages) + (1 if full else 0) + (3 if scorer else 0)
+    console = _Console(steps)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     if fresh_data or not (data / CARD_NAME).is_file():
-        print(f"[demo] writing SynthTalk (tiny, seed {seed}) to {data}")
-        synth(out=data, preset="tiny", seed=seed, overwrite=True)
+        clock = time.perf_counter()
+        with quiet_lightning():
+            synth(out=data, preset="tiny", seed=seed, overwrite=True)
+        console(f"SynthTalk tiny (seed {seed}) written to {data} in {time.perf_counter() - clock:.0f} s")
     else:
-        print(f"[demo] using the SynthTalk dataset at {data} (pass --fresh_data true to rewrite it)")
+        console(f"using the SynthTalk dataset at {data} (--fresh_data true rewrites it)")
 
-    summary = []
-    classifier = fit_stage("emotion_classifier", data, out)
-    summary.append(classifier)
+    summary: list[dict[str, Any]] = []
+
+    def fit(name: str, overrides: dict[str, Any] | None = None, test: bool = False) -> dict[str, Any]:
+        result = fit_config(_config(name), data, out, name, overrides)
+        metrics: dict[str, float] = {}
+        if test:
+            with quiet_lightning():
+                scores = result.trainer.test(
+                    result.model, datamodule=result.datamodule, ckpt_path=str(result.checkpoint), verbose=False
+                )
+            metrics = {key: float(value) for key, value in (scores[0] if scores else {}).items()}
+        entry = {
+            "stage": name,
+            "checkpoint": str(result.checkpoint),
+            "tensorboard": str(out / name / "tensorboard"),
+            "test": metrics,
+            "val": {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("val/")},
+            "seconds": round(result.seconds, 1),
+        }
+        summary.append(entry)
+        return entry
+
+    classifier = fit("emotion_classifier", test=True)
     accuracy = classifier["test"].get("test/accuracy")
-    if accuracy is not None:
-        print(f"[demo] emotion classifier: held-out-speaker accuracy {accuracy:.3f} (chance 0.125)")
-
+    console(
+        f"emotion classifier (scores ExpFlow's samples): held-out-speaker accuracy "
+        f"{accuracy if accuracy is None else round(accuracy, 3)} (chance 0.125), {classifier['seconds']:.0f} s"
+    )
+    checkpoints: dict[str, Path] = {}
     if "flows" in stages:
+        epochs = {} if flow_epochs is None else {"trainer.max_epochs": flow_epochs}
+        expflow = fit("expflow", {"model.init_args.emotion_classifier": classifier["checkpoint"], **epochs})
+        console(f"ExpFlow: val NLL {expflow['val'].get('val/nll')}, {expflow['seconds']:.0f} s")
+        poseflow = fit("poseflow", epochs)
+        console(f"PoseFlow: val NLL {poseflow['val'].get('val/nll')}, {poseflow['seconds']:.0f} s")
+        checkpoints.update(expression=Path(expflow["checkpoint"]), motion=Path(poseflow["checkpoint"]))
         from flowvq.pipeline.flow_samples import plot_samples
 
-        # ExpFlow's validation scores the emotion of its samples with the classifier just trained
-        expflow = fit_stage(
-            "expflow", data, out, ["--model.init_args.emotion_classifier", classifier["checkpoint"]], test=False
-        )
-        summary.append(expflow)
-        summary.append(fit_stage("poseflow", data, out, test=False))
-        picture = plot_samples(Path(expflow["checkpoint"]), data, out / "expflow_samples.png", ["happy", "sad"])
+        with quiet_lightning():
+            picture = plot_samples(Path(expflow["checkpoint"]), data, out / "expflow_samples.png", ["happy", "sad"])
         expflow["samples_png"] = str(picture)
-        print(f"[demo] ExpFlow samples for two emotions: {picture}")
-
+        console(f"ExpFlow samples of held-out speech for two emotions: {picture}", count=False)
     if "image" in stages:
-        vqgan = fit_stage("vqgan", data, out, ["--trainer.max_epochs", str(image_epochs)], test=False)
-        summary.append(vqgan)
-        vqig = fit_stage(
+        vqgan = fit("vqgan", {"trainer.max_epochs": image_epochs})
+        console(f"VQGAN codebook: val PSNR {vqgan['val'].get('val/psnr')} dB, {vqgan['seconds']:.0f} s")
+        vqig = fit(
             "vqig",
-            data,
-            out,
-            ["--model.init_args.codebook_checkpoint", vqgan["checkpoint"], "--trainer.max_epochs", str(image_epochs)],
-            test=False,
+            {"model.init_args.codebook_checkpoint": vqgan["checkpoint"], "trainer.max_epochs": image_epochs},
         )
-        summary.append(vqig)
         picture = render_grid(Path(vqig["checkpoint"]), data, out / "vqig_frames.png")
         vqig["frames_png"] = str(picture)
-        print(f"[demo] VQIG frames of held-out speakers (rows: source, target, rendered): {picture}")
+        console(f"VQIG: val PSNR {vqig['val'].get('val/psnr')} dB, {vqig['seconds']:.0f} s; held-out frames {picture}")
+        checkpoints["renderer"] = Path(vqig["checkpoint"])
 
-    out.mkdir(parents=True, exist_ok=True)
+    if full:
+        from flowvq.pipeline.inputs import dataset_framing
+        from flowvq.pipeline.pipeline import Pipeline
+
+        pipeline_yaml = write_pipeline_yaml(out / "pipeline.yaml", checkpoints, data, dataset_framing(data).to_dict())
+        inputs = held_out_inputs(data, out / "inputs")
+        clock = time.perf_counter()
+        pipeline = Pipeline.from_yaml(pipeline_yaml)
+        videos = _emotion_videos(pipeline, inputs, out / "videos", seed)
+        console(
+            f"generated {len(videos) - 1} videos (one per emotion) of held-out speaker {inputs['photo_speaker']} "
+            f"saying held-out clip {inputs['speech_clip']}: {out / 'videos'} ({time.perf_counter() - clock:.0f} s)"
+        )
+        summary.append(
+            {
+                "stage": "generate",
+                "pipeline": str(pipeline_yaml),
+                "inputs": {k: str(v) for k, v in inputs.items()},
+                "videos": [str(v) for v in videos],
+                "seconds": round(time.perf_counter() - clock, 1),
+            }
+        )
+        if evaluate and scorer is None:
+            console("flowvq evaluate is not in this version: no metric table", count=False)
+        if scorer is not None:
+            epochs = {"trainer.max_epochs": eval_epochs}
+            syncnet = fit("syncnet", epochs)
+            console(f"SyncNet (scores lip sync): {syncnet['seconds']:.0f} s")
+            frames = fit("frame_emotion_classifier", epochs)
+            console(f"frame emotion classifier (scores Acc_emo): {frames['seconds']:.0f} s")
+            clock = time.perf_counter()
+            with quiet_lightning():
+                table = scorer(
+                    pipeline=pipeline_yaml,
+                    data=data,
+                    split="test",
+                    out=out / "evaluate",
+                    syncnet=syncnet["checkpoint"],
+                    emotion_classifier=frames["checkpoint"],
+                    coefficient_classifier=classifier["checkpoint"],
+                    samples=2,
+                    limit=eval_clips,
+                    overwrite=True,
+                )
+            console(f"evaluate on held-out speakers ({time.perf_counter() - clock:.0f} s): {out / 'evaluate'}")
+            print(table.to_markdown(), flush=True)
+            summary.append(
+                {"stage": "evaluate", "out": str(out / "evaluate"), "seconds": round(time.perf_counter() - clock, 1)}
+            )
+
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
-    print(f"[demo] summary: {out / 'demo.json'}")
-    for stage in summary:
-        print(f"[demo] {stage['stage']}: checkpoint {stage['checkpoint']}, {stage['seconds']} s")
-    print(f"[demo] TensorBoard: tensorboard --logdir {out}")
+    console(f"done in {time.perf_counter() - start:.0f} s; summary {out / 'demo.json'}", count=False)
+    if full:
+        console(
+            f"try: flowvq generate --pipeline {out / 'pipeline.yaml'} --image any.jpg --audio any.wav "
+            f"--emotion happy --out {out / 'mine'}",
+            count=False,
+        )
+    console(f"TensorBoard: tensorboard --logdir {out}", count=False)
     return summary

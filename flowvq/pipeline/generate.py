@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -38,7 +39,7 @@ JOB_ERRORS = (FileNotFoundError, ValueError, KeyError, OSError)
 class Job:
     """One video request: the columns of a ``--batch`` CSV."""
 
-    image: str
+    image: str | None
     audio: str
     emotion: str = "neutral"
     intensity: float = 2
@@ -230,6 +231,8 @@ def run_job(pipeline: Any, job: Job, out: Path, paste: bool = False, stream: boo
                 frames = _video_frames(result.frames, k)
                 if paste:
                     source = result.source
+                    if source is None or source.matrix is None:
+                        raise ValueError("--paste_back needs a renderer that draws the face of a photo (VQIG)")
                     writer = VideoWriter(
                         out / f"sample_{k}_crop.mp4", frames.shape[2], frames.shape[1], result.fps, result.sample_rate
                     )
@@ -294,7 +297,9 @@ def _run_streaming(pipeline: Any, job: Job, out: Path, paste: bool, say: Any, qu
                 parts.setdefault(key, []).append(value)
             audio_samples += len(chunk.audio)
             if chunk.frames is not None:
-                if not writers:
+                if paste and (chunk.source is None or chunk.source.matrix is None):
+                    raise ValueError("--paste_back needs a renderer that draws the face of a photo (VQIG)")
+                if not writers and chunk.source is not None:
                     notes = list(chunk.source.notes)
                     for note in notes:
                         say(note)
@@ -430,14 +435,16 @@ def generate(
     from flowvq.pipeline.pipeline import Pipeline
 
     out = Path(out)
-    if batch is None and (image is None or audio is None):
-        raise ValueError("give --image and --audio (or --batch jobs.csv)")
+    if batch is None and audio is None:
+        raise ValueError("give --audio and --image (or --batch jobs.csv)")
     jobs = (
         read_jobs(batch)
         if batch is not None
         else [Job(image, audio, emotion, intensity, emotion_weights, reference, samples, seed, "")]
     )
     _check_out(out, overwrite)
+    # nflows' LU layers call a deprecated torch solver on every step: not the user's concern
+    warnings.filterwarnings("ignore", message=".*triangular_solve.*")
     start = time.perf_counter()
     loaded = Pipeline.from_yaml(pipeline, device=device, precision=precision)
     if not quiet:
@@ -445,6 +452,9 @@ def generate(
         print(
             f"[generate] pipeline {loaded.name!r} ({stages}) loaded in {time.perf_counter() - start:.1f} s", flush=True
         )
+    renderer = loaded.stages.get("renderer")
+    if batch is None and image is None and renderer is not None and renderer.NEEDS_SOURCE:
+        raise ValueError(f"give --image: the renderer of {str(pipeline)!r} draws the face of a photo")
     if batch is None:
         return run_job(loaded, jobs[0], out, paste_back, stream, quiet)
     rows = []

@@ -12,7 +12,7 @@ A pipeline YAML names each role's stage and checkpoint (see :mod:`flowvq.pipelin
     framing: null              # {centre: [x, y], half: h}: where faces sit in the crops; null: measured
 
 A stage may give ``class_path`` (an adapter class) instead of ``kind`` and its own ``card``.
-Relative paths are read from the current directory, else from the YAML's folder.
+Relative paths are read from the YAML's folder where they exist there, else from the current directory.
 
 Example::
 
@@ -90,12 +90,30 @@ class GenerationResult:
         """Generation seconds per second of audio (below 1: faster than real time)."""
         return self.seconds.get("total", 0.0) / max(len(self.audio) / self.sample_rate, 1e-9)
 
+    def write_video(self, path: str | Path, sample: int = 0, paste_back: bool = False) -> Path:
+        """Write sample ``sample`` as an mp4 (H.264, the audio muxed as AAC) at ``fps``;
+        ``paste_back``: the face pasted back into the source photo, at the photo's size."""
+        from flowvq.pipeline.generate import VideoWriter
+        from flowvq.pipeline.generate import paste_back as paste
+
+        if self.frames is None:
+            raise ValueError("this result has no frames (generated with render=False)")
+        frames = np.ascontiguousarray(self.frames[sample].transpose(0, 2, 3, 1))  # (T, H, W, 3)
+        if paste_back:
+            if self.source is None or self.source.matrix is None:
+                raise ValueError("paste_back needs the photo the face was cropped from")
+            frames = paste(frames, self.source.photo, self.source.matrix)
+        writer = VideoWriter(path, frames.shape[2], frames.shape[1], self.fps, self.sample_rate)
+        writer.write(frames, self.audio)
+        return writer.close()
+
 
 def _resolve(path: str | Path, base: Path) -> Path:
+    """A relative path from the YAML's folder where it exists there, else from the current directory."""
     path = Path(path).expanduser()
-    if path.is_absolute() or path.exists() or not (base / path).exists():
-        return path
-    return base / path
+    if not path.is_absolute() and (base / path).exists():
+        return base / path
+    return path
 
 
 @contextmanager
@@ -205,7 +223,6 @@ class Pipeline:
     def check(self) -> None:
         """Refuse stages that do not fit together, naming both: sizes, names of the dims, audio
         features, frame rate and (with ``check_datasets``) the dataset they were trained on."""
-        expression = self.stages["expression"]
         pairs = [("motion", "expression"), ("renderer", "expression"), ("renderer", "motion")]
         for a, b in pairs:
             if a not in self.stages or b not in self.stages:
@@ -235,7 +252,6 @@ class Pipeline:
                     f"pipeline {self.name!r}: stage {a!r} ({type(sa).__name__}, {sa.checkpoint}) and stage {b!r} "
                     f"({type(sb).__name__}, {sb.checkpoint}) do not match: " + "; ".join(problems)
                 )
-        del expression
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -356,10 +372,13 @@ class Pipeline:
                 )
             out["pose"] = motion.pop("pose")
             names = list(self.card.exp_names)
-            out["motion"] = np.concatenate([out["pose"], *[v[..., None] for v in motion.values()]], -1)
-            for name, values in motion.items():  # the motion stage's blinks replace the expression's
-                if name in names:
+            columns = [v[..., None] if v.ndim == 2 else v for v in motion.values()]
+            out["motion"] = np.concatenate([out["pose"], *columns], -1)  # the motion stage's own vector
+            for name, values in motion.items():
+                if name in names:  # the motion stage's blinks replace the expression's
                     out["exp"][..., names.index(name)] = values
+                else:  # other motion fields (gaze) for renderers that take them
+                    out[name] = values
         else:
             stats = self.card.stats
             t = out["exp"].shape[1]
@@ -420,7 +439,7 @@ class Pipeline:
             speech = self.speech(audio)
         source = None
         render = render and "renderer" in self.stages
-        if render:
+        if render and self.stages["renderer"].NEEDS_SOURCE:
             if image is None:
                 raise ValueError("an image is needed to render frames (or pass render=False)")
             with _timed(seconds, "face"):
@@ -440,14 +459,8 @@ class Pipeline:
                     out = []
                     for begin in range(0, speech.num_frames, 25):
                         stop = min(begin + 25, speech.num_frames)
-                        out.append(
-                            renderer.render(
-                                source.crop,
-                                stacked["exp"][k, begin:stop],
-                                stacked["pose"][k, begin:stop],
-                                precision=self.precision,
-                            )
-                        )
+                        part = {key: value[k, begin:stop] for key, value in stacked.items()}
+                        out.append(renderer.render(source, part, request, seed + k, self.precision))
                         if progress is not None:
                             progress(stop - begin)
                     rendered.append(np.concatenate(out))
@@ -490,7 +503,8 @@ class Pipeline:
         from flowvq.pipeline.inputs import StreamingMel, iter_audio
 
         request = self.request(emotion, emotion_weights, intensity, reference)
-        source = self.source(image, aligned) if "renderer" in self.stages else None
+        renderer = self.stages.get("renderer")
+        source = self.source(image, aligned) if renderer is not None and renderer.NEEDS_SOURCE else None
         blocks = iter_audio(audio, self.card.audio.sample_rate) if isinstance(audio, (str, Path)) else audio
         context = max(getattr(s, "audio_context", 0) for s in self.stages.values())
         mel_stream = StreamingMel(self.card)
@@ -531,12 +545,16 @@ class Pipeline:
                     parts.setdefault(key, []).append(value)
             coefficients = {key: np.concatenate(values) for key, values in parts.items()}
             frames = None
-            if source is not None:
+            if renderer is not None:
                 with _timed(seconds, "renderer"):
                     frames = np.stack(
                         [
-                            self.stages["renderer"].render(
-                                source.crop, coefficients["exp"][k], coefficients["pose"][k], precision=self.precision
+                            renderer.render(
+                                source,
+                                {key: value[k] for key, value in coefficients.items()},
+                                request,
+                                seed + k,
+                                self.precision,
                             )
                             for k in range(samples)
                         ]

@@ -34,9 +34,11 @@ __all__ = [
     "STAGE_KINDS",
     "EmotionRequest",
     "ExpFlowStage",
+    "GMEGStage",
     "PipelineError",
     "PoseFlowStage",
     "Stage",
+    "StyleUNetHeadStage",
     "VQIGStage",
     "load_card",
     "mel_windows",
@@ -51,6 +53,10 @@ STAGE_KINDS: dict[str, str] = {
     "expflow": "flowvq.pipeline.stages:ExpFlowStage",
     "poseflow": "flowvq.pipeline.stages:PoseFlowStage",
     "vqig": "flowvq.pipeline.stages:VQIGStage",
+    # GMTalker: GMEG, the motion flow (a CoefficientFlow configuration, like PoseFlow), the head generator
+    "gmeg": "flowvq.pipeline.stages:GMEGStage",
+    "motion_flow": "flowvq.pipeline.stages:PoseFlowStage",
+    "styleunet_head": "flowvq.pipeline.stages:StyleUNetHeadStage",
 }
 
 #: log(1e-5): the log-mel of silence, used outside the audio (as the DataModule pads).
@@ -140,6 +146,8 @@ class Stage:
     """
 
     ROLE: ClassVar[str] = ""
+    #: A renderer that draws the face of a source photo (False: a person-specific generator).
+    NEEDS_SOURCE: ClassVar[bool] = True
     name: str
     checkpoint: Path
     card: DatasetCard
@@ -341,16 +349,23 @@ class PoseFlowStage(_FlowStage):
         prev: np.ndarray | None = None,
         span: tuple[int, int] | None = None,
     ) -> dict[str, np.ndarray]:
-        """``{"pose": [N, T, P], <extra exp name>: [N, T]}`` in dataset units."""
+        """``{"pose": [N, T, P], <extra exp name>: [N, T], <extra field>: [N, T] or [N, T, W]}``
+        in dataset units (PoseFlow's blink; the motion flow's blink and gaze fields)."""
         windows = self.windows(mel, span)
         x = self.model.sample(
             windows, num_samples=samples, temperature=temperature, seed=seed + 7919, prev=self._prev(prev)
         )
         values = self._to_units(x)  # (N, T, P + extras)
-        pose_dim = self.model.hparams.pose_dim
-        out = {"pose": values[..., :pose_dim]}
-        for offset, name in enumerate(self.model.hparams.extra_exp_names or []):
-            out[name] = values[..., pose_dim + offset]
+        at = self.model.hparams.pose_dim
+        out = {"pose": values[..., :at]}
+        for name in self.model.hparams.extra_exp_names or []:
+            out[name], at = values[..., at], at + 1
+        from flowvq.lightning_modules.coefficient_flow import FIELD_WIDTHS
+
+        for name in self.model.hparams.get("extra_fields") or []:
+            width = FIELD_WIDTHS[name]
+            out[name] = values[..., at] if width == 1 else values[..., at : at + width]
+            at += width
         return out
 
 
@@ -378,16 +393,140 @@ class VQIGStage(Stage):
 
     @torch.no_grad()
     def render(
-        self, source: np.ndarray, exp: np.ndarray, pose: np.ndarray, batch_size: int = 16, precision: str = "32"
+        self,
+        source: Any,
+        coefficients: dict[str, np.ndarray],
+        request: EmotionRequest | None = None,
+        seed: int = 0,
+        precision: str = "32",
+        batch_size: int = 16,
     ) -> np.ndarray:
-        """Frames uint8 ``[T, 3, H, W]`` of a source crop (uint8 ``[H, W, 3]``) driven by exp
-        ``[T, E]`` and pose ``[T, P]`` in dataset units."""
-        exp_mean, exp_std = _normal(self.card, "exp")
-        pose_mean, pose_std = _normal(self.card, "pose")
+        """Frames uint8 ``[T, 3, H, W]`` of the source crop (``source.crop``, uint8 ``[H, W, 3]``)
+        driven by ``coefficients["exp"]`` ``[T, E]`` and ``["pose"]`` ``[T, P]`` in dataset units."""
         device = self.model.device
-        image = torch.from_numpy(np.ascontiguousarray(source)).permute(2, 0, 1).float().div(127.5).sub(1)
-        e = torch.from_numpy(((exp - exp_mean) / exp_std).astype(np.float32))
-        p = torch.from_numpy(((pose - pose_mean) / pose_std).astype(np.float32))
+        image = torch.from_numpy(np.ascontiguousarray(source.crop)).permute(2, 0, 1).float().div(127.5).sub(1)
+        e, p = _normalised(self.card, coefficients)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             frames = self.model.render(image.to(device), e, p, batch_size=batch_size)
-        return ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        return _to_uint8(frames)
+
+
+def _normalised(card: DatasetCard, coefficients: dict[str, np.ndarray]) -> tuple[Tensor, Tensor]:
+    """exp and pose of one sample in the card's normalised units (what image models take)."""
+    exp_mean, exp_std = _normal(card, "exp")
+    pose_mean, pose_std = _normal(card, "pose")
+    e = torch.from_numpy(((coefficients["exp"] - exp_mean) / exp_std).astype(np.float32))
+    p = torch.from_numpy(((coefficients["pose"] - pose_mean) / pose_std).astype(np.float32))
+    return e, p
+
+
+def _to_uint8(frames: Tensor) -> np.ndarray:
+    return ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+class GMEGStage(Stage):
+    """GMEG (GMTalker): expression coefficients and the per-frame latent ``z_gm`` from audio and
+    emotion weights (a point of the emotion simplex; an emotion + intensity is one such point)."""
+
+    ROLE = "expression"
+
+    @classmethod
+    def load(cls, checkpoint: Path, device: str) -> Any:
+        from flowvq.lightning_modules.gmeg import GMEG
+
+        try:
+            model = GMEG.load_from_checkpoint(checkpoint, map_location=device, weights_only=False)
+        except (KeyError, TypeError, RuntimeError) as error:
+            raise PipelineError(f"{str(checkpoint)!r} is not a GMEG checkpoint ({error})") from error
+        return model.eval()
+
+    def dims(self) -> dict[str, int]:
+        h = self.model.hparams
+        return {
+            "exp_dim": h.exp_dim,
+            "mel_bins": h.mel_bins,
+            "mel_per_frame": h.mel_per_frame,
+            "z_gm_dim": h.latent_dim,
+        }
+
+    @property
+    def audio_context(self) -> int:
+        columns, per_frame = int(self.model.mel_columns), self.model.hparams.mel_per_frame or 1
+        return (columns // per_frame - 1) // 2 if columns else 2
+
+    def generate(
+        self,
+        mel: np.ndarray,
+        request: EmotionRequest,
+        samples: int,
+        seed: int,
+        temperature: float = 0.8,
+        prev: np.ndarray | None = None,
+        span: tuple[int, int] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """``{"exp": [N, T, E], "z_gm": [N, T, Z]}`` (exp in dataset units); ``prev`` is unused
+        (GMEG is not autoregressive: a chunk sees its own audio window)."""
+        if request.reference is not None:
+            raise ValueError("GMEG has no emotion transfer from a reference: give --emotion or --emotion_weights")
+        windows = mel_windows(mel, self.audio_context, self.card)
+        windows = windows if span is None else windows[span[0] : span[1]]
+        emotion, intensity, weights = request.emotion, request.intensity, request.weights
+        if weights is None and not float(intensity).is_integer():  # a factor: that share of the emotion
+            factor = min(max(float(intensity), 0.0), 1.0)
+            weights = {emotion: factor, self.model.hparams.neutral_emotion: 1.0 - factor}
+        kwargs = {"emotion_weights": weights} if weights else {"emotion": emotion, "intensity": int(intensity)}
+        z = self.model.latent(windows, num_samples=samples, temperature=temperature, seed=seed, **kwargs)
+        exp = self.model.decode(z, denormalize=True)
+        return {"exp": exp.float().cpu().numpy(), "z_gm": z.float().cpu().numpy()}
+
+
+class StyleUNetHeadStage(Stage):
+    """GMTalker's person-specific head generator: that person's frames from coefficients, emotion
+    weights and GMEG's ``z_gm`` (no source photo: the person is the one it was trained on)."""
+
+    ROLE = "renderer"
+    NEEDS_SOURCE = False
+
+    @classmethod
+    def load(cls, checkpoint: Path, device: str) -> Any:
+        from flowvq.lightning_modules.styleunet import StyleUNetHead
+
+        try:
+            model = StyleUNetHead.load_from_checkpoint(checkpoint, map_location=device, weights_only=False)
+        except (KeyError, TypeError, RuntimeError) as error:
+            raise PipelineError(f"{str(checkpoint)!r} is not a StyleUNetHead checkpoint ({error})") from error
+        return model.eval()
+
+    def dims(self) -> dict[str, int]:
+        h = self.model.hparams
+        out = {"exp_dim": h.exp_dim, "pose_dim": h.pose_dim}
+        if h.z_gm_dim:
+            out["z_gm_dim"] = h.z_gm_dim
+        return out
+
+    @property
+    def resolution(self) -> int:
+        return int(self.model.hparams.resolution)
+
+    @torch.no_grad()
+    def render(
+        self,
+        source: Any,
+        coefficients: dict[str, np.ndarray],
+        request: EmotionRequest | None = None,
+        seed: int = 0,
+        precision: str = "32",
+        batch_size: int = 16,
+    ) -> np.ndarray:
+        """Frames uint8 ``[T, 3, R, R]`` of one sample's coefficients (``source`` is not used)."""
+        e, p = _normalised(self.card, coefficients)
+        weights: Any = "neutral"
+        if request is not None:
+            weights = request.weights or request.emotion or "neutral"
+        z_gm = coefficients.get("z_gm") if self.model.hparams.z_gm_dim else None
+        device = self.model.device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            frames = self.model.render(
+                e, p, weights, None if z_gm is None else torch.from_numpy(z_gm), seed=seed, batch_size=batch_size
+            )
+        return _to_uint8(frames)
