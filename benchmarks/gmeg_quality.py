@@ -23,6 +23,11 @@ here from ``configs/tiny/expflow.yaml``), and scores both on the test speakers (
   target emotion rises from one step to the next (``monotonic``: fraction of steps that do not
   fall by more than 0.01; ``all rising``: fraction of paths where every step does).
 
+GMEG is scored at T=0.8 (as ExpFlow) and at T=1.0, the temperature its prior is trained at;
+a per-dim diversity table says where samples vary less than the truth (blinks and gaze are
+GMTalker's motion generator's, not GMEG's: one diversity figure leaves them out). Evaluations
+are cached in ``--work`` (``eval_<model>_T<t>.json``), so a rerun scores only what is new.
+
 Goals (issue 13): emotion accuracy >= 0.9, lip-sync >= 0.8 of the ground truth's, diversity
 0.5-2x the ground truth's spread. Writes ``benchmarks/results/gmeg_quality.{json,md}``.
 """
@@ -30,6 +35,7 @@ Goals (issue 13): emotion accuracy >= 0.9, lip-sync >= 0.8 of the ground truth's
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -115,6 +121,35 @@ def interpolation_scores(model: Any, kind: str, clips: list[dict[str, Any]], cla
     return rows
 
 
+#: dims GMTalker leaves to its motion generator (NFMG: pose, blinks, gaze), left out of one diversity figure
+MOTION_DIMS = ("blink", "gaze_x", "gaze_y")
+
+
+@torch.no_grad()
+def per_dim_diversity(model: Any, clips: list[dict[str, Any]], temperature: float, names: list[str]) -> dict[str, Any]:
+    """Std across 4 samples per dim (the same draws as ``evaluate``'s whole clips: same seeds)
+    over the ground truth's per-clip std per dim, and that ratio without :data:`MOTION_DIMS`."""
+    spread, truth = [], []
+    for index, clip in enumerate(clips):
+        samples = model.sample(
+            clip["mel"],
+            clip["emotion"],
+            intensity=max(clip["intensity"], 0),
+            num_samples=4,
+            temperature=temperature,
+            seed=index,
+        )  # (N, T, E)
+        spread.append(samples.double().std(0).mean(0))
+        truth.append(clip["exp"].double().std(0))
+    sd, gt = torch.stack(spread).mean(0), torch.stack(truth).mean(0)
+    keep = [d for d, n in enumerate(names) if n not in MOTION_DIMS]
+    return {
+        "names": names,
+        "ratio": (sd / gt).tolist(),
+        "ratio_without_motion_dims": float(sd[keep].mean() / gt[keep].mean()),
+    }
+
+
 def train_gmeg(data_root: Path, epochs: int, seed: int, work: Path) -> tuple[Any, float | None]:
     from expflow_ablation import _trainer
 
@@ -173,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier", type=Path, default=None, help="EmotionClassifier (.ckpt or a saved module)")
     parser.add_argument("--classifier-epochs", type=int, default=10)
     parser.add_argument("--expflow", type=Path, default=None, help="ExpFlow checkpoint on the same data and seed")
+    parser.add_argument(
+        "--gmeg-temperatures",
+        nargs="+",
+        type=float,
+        default=[TEMPERATURE, 1.0],
+        help="GMEG is also scored at 1.0, the temperature its prior is trained at (ExpFlow: 0.8 only)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="folder for checkpoints (default: a temp folder)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = parser.parse_args(argv)
@@ -196,18 +238,36 @@ def main(argv: list[str] | None = None) -> int:
     check_module_against_data_card(gmeg, card, args.data)
     expflow, expflow_source = load_or_train_expflow(args.expflow, args.data, args.seed, work)
     check_module_against_data_card(expflow, card, args.data)
+    takes_temperature = "temperature" in inspect.signature(evaluate).parameters
+    names = list(card.exp_names) or [f"exp[{d}]" for d in range(card.exp_dim)]
     rows = []
-    for name, model in (("GMEG", gmeg), ("ExpFlow", expflow)):
+    models = (
+        ("GMEG", gmeg, f"gmeg_seed{args.seed}_e{args.epochs}", args.gmeg_temperatures),
+        ("ExpFlow", expflow, Path(expflow_source).stem, [TEMPERATURE]),
+    )
+    for name, model, tag, temperatures in models:
         clips = whole_clips(args.data, model.hparams.get("prev_frames", 0), audio_context=audio_context_of(model))
-        start = time.perf_counter()
-        result = evaluate(model, clips, classifier, "exp")
-        for report in result["long"].values():
-            report.pop("plot", None)
-        kind = "gmeg" if name == "GMEG" else "expflow"
-        result["interpolation"] = interpolation_scores(model, kind, clips, classifier)
-        result["eval_s"] = time.perf_counter() - start
-        rows.append({"model": name, **result})
-        print(json.dumps({"model": name, "clips": result["clips"]}), flush=True)
+        for temperature in temperatures:
+            if temperature != TEMPERATURE and not takes_temperature:
+                print(f"flow_long_sequence.evaluate samples at T={TEMPERATURE} only: {name} T={temperature} skipped")
+                continue
+            cache = work / f"eval_{tag}_T{temperature:g}.json"  # a rerun scores only what is new
+            if cache.is_file():
+                result = json.loads(cache.read_text())
+            else:
+                start = time.perf_counter()
+                options = {"temperature": temperature} if takes_temperature else {}
+                result = evaluate(model, clips, classifier, "exp", **options)
+                for report in result["long"].values():
+                    report.pop("plot", None)
+                result["diversity_per_dim"] = per_dim_diversity(model, clips, temperature, names)
+                if temperature == TEMPERATURE:
+                    kind = "gmeg" if name == "GMEG" else "expflow"
+                    result["interpolation"] = interpolation_scores(model, kind, clips, classifier)
+                result["eval_s"] = time.perf_counter() - start
+                cache.write_text(json.dumps(result))
+            rows.append({"model": name, "temperature": temperature, **result})
+            print(json.dumps({"model": name, "temperature": temperature, "clips": result["clips"]}), flush=True)
     command = "python benchmarks/gmeg_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = {
         "command": command,
@@ -237,16 +297,32 @@ def markdown(out: dict[str, Any]) -> str:
         "",
         "## Whole clips",
         "",
-        "| model | emotion acc | lip-sync (truth) | lip-sync / truth | diversity / GT spread | tail (truth) | clamped |",
-        "|---|---|---|---|---|---|---|",
+        "| model | T | emotion acc | lip-sync (truth) | lip-sync / truth | diversity / GT spread | "
+        "same without blink, gaze | tail (truth) | clamped |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in out["rows"]:
         c = r["clips"]
         lines.append(
-            f"| {r['model']} | {c.get('emotion_accuracy', float('nan')):.3f} | {c['lipsync']:.3f} "
-            f"({c['lipsync_truth']:.3f}) | {c['lipsync'] / c['lipsync_truth']:.2f} | {c['diversity_ratio']:.2f} | "
+            f"| {r['model']} | {r.get('temperature', TEMPERATURE):g} | {c.get('emotion_accuracy', float('nan')):.3f} | "
+            f"{c['lipsync']:.3f} ({c['lipsync_truth']:.3f}) | {c['lipsync'] / c['lipsync_truth']:.2f} | "
+            f"{c['diversity_ratio']:.2f} | {r.get('diversity_per_dim', {}).get('ratio_without_motion_dims', float('nan')):.2f} | "
             f"{c['tail_fraction']:.4f} ({c['truth_tail_fraction']:.4f}) | {c['clamp_fraction']:.4f} |"
         )
+    per_dim = [r for r in out["rows"] if "diversity_per_dim" in r]
+    if per_dim:
+        dim_names = per_dim[0]["diversity_per_dim"]["names"]
+        lines += [
+            "",
+            "Diversity per dim (std across samples over the ground truth's per-clip std; GMTalker generates blinks "
+            "and gaze with its motion generator, not GMEG):",
+            "",
+            "| model | T | " + " | ".join(dim_names) + " |",
+            "|---|---|" + "---|" * len(dim_names),
+        ]
+        for r in per_dim:
+            ratios = " | ".join(f"{v:.2f}" for v in r["diversity_per_dim"]["ratio"])
+            lines.append(f"| {r['model']} | {r.get('temperature', TEMPERATURE):g} | {ratios} |")
     lines += [
         "",
         "## Long speech",
@@ -257,7 +333,7 @@ def markdown(out: dict[str, Any]) -> str:
     for r in out["rows"]:
         for key, L in r["long"].items():
             lines.append(
-                f"| {r['model']} | {key} | {L['drift_first']:.2f} / {L['drift_last']:.2f} / {L['drift_max']:.2f} "
+                f"| {r['model']} T={r.get('temperature', TEMPERATURE):g} | {key} | {L['drift_first']:.2f} / {L['drift_last']:.2f} / {L['drift_max']:.2f} "
                 f"({L['truth_drift']:.2f}) | {L['tail_fraction']:.4f} | {L['frame_variation']:.3f} "
                 f"({L['truth_frame_variation']:.3f}) | {L.get('emotion_accuracy', float('nan')):.3f} |"
             )
@@ -265,21 +341,27 @@ def markdown(out: dict[str, Any]) -> str:
         "",
         f"## Interpolation ({STEPS} steps; EPPL / EPDV in the classifier's embedding, lower is smoother)",
         "",
-        "| path | GMEG EPPL | GMEG EPDV | GMEG monotonic (all rising) | ExpFlow EPPL | ExpFlow EPDV | "
+        "| path | GMEG EPPL | GMEG EPDV (share) | GMEG monotonic (all rising) | ExpFlow EPPL | ExpFlow EPDV (share) | "
         "ExpFlow monotonic (all rising) | p(target) start -> end GMEG / ExpFlow |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    by_model = {r["model"]: r["interpolation"] for r in out["rows"]}
+    by_model = {r["model"]: r["interpolation"] for r in out["rows"] if "interpolation" in r}
     g, e = by_model["GMEG"], by_model["ExpFlow"]
     for key in [k for k in g if k != "clips"]:
         a, b = g[key], e[key]
         lines.append(
-            f"| {key} | {a['eppl']:.1f} | {a['epdv']:.1f} | {a['monotonic']:.2f} ({a['all_rising']:.2f}) | "
-            f"{b['eppl']:.1f} | {b['epdv']:.1f} | {b['monotonic']:.2f} ({b['all_rising']:.2f}) | "
+            f"| {key} | {a['eppl']:.1f} | {a['epdv']:.1f} ({a['epdv'] / a['eppl']:.2f}) | {a['monotonic']:.2f} "
+            f"({a['all_rising']:.2f}) | {b['eppl']:.1f} | {b['epdv']:.1f} ({b['epdv'] / b['eppl']:.2f}) | "
+            f"{b['monotonic']:.2f} ({b['all_rising']:.2f}) | "
             f"{a['p_target_start']:.2f} -> {a['p_target_end']:.2f} / {b['p_target_start']:.2f} -> "
             f"{b['p_target_end']:.2f} |"
         )
-    lines += ["", f"Audio of the paths: one whole test clip of each of {', '.join(g['clips'])}."]
+    lines += [
+        "",
+        f"Audio of the paths: one whole test clip of each of {', '.join(g['clips'])}; T={TEMPERATURE} for both. "
+        "'share': EPDV / EPPL, the part of the squared path length due to an uneven pace (EPPL = mean(s)^2 + EPDV "
+        "per path), comparable between paths of different lengths.",
+    ]
     return "\n".join(lines) + "\n"
 
 
