@@ -11,6 +11,8 @@ works.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -92,7 +94,6 @@ def held_out_inputs(data: Path, out: Path, size: int = 256) -> dict[str, Any]:
     user's photo is larger than a 64 px crop); the audio is the first test clip of a different
     test speaker (or a different clip), so neither was seen in training.
     """
-    import io
     import wave
 
     import numpy as np
@@ -238,7 +239,7 @@ def demo(
     start = time.perf_counter()
     if fresh_data or not (data / CARD_NAME).is_file():
         clock = time.perf_counter()
-        with quiet_lightning():
+        with quiet_lightning(), contextlib.redirect_stdout(io.StringIO()):  # one line of our own instead
             synth(out=data, preset="tiny", seed=seed, overwrite=True)
         console(f"SynthTalk tiny (seed {seed}) written to {data} in {time.perf_counter() - clock:.0f} s")
     else:
@@ -287,11 +288,13 @@ def demo(
         expflow["samples_png"] = str(picture)
         console(f"ExpFlow samples of held-out speech for two emotions: {picture}", count=False)
     if "image" in stages:
-        vqgan = fit("vqgan", {"trainer.max_epochs": image_epochs})
+        # validate once, at the end (the tiny configs validate every 10 epochs)
+        image = {"trainer.max_epochs": image_epochs, "trainer.check_val_every_n_epoch": image_epochs}
+        vqgan = fit("vqgan", image)
         console(f"VQGAN codebook: val PSNR {vqgan['val'].get('val/psnr')} dB, {vqgan['seconds']:.0f} s")
         vqig = fit(
             "vqig",
-            {"model.init_args.codebook_checkpoint": vqgan["checkpoint"], "trainer.max_epochs": image_epochs},
+            {"model.init_args.codebook_checkpoint": vqgan["checkpoint"], **image},
         )
         picture = render_grid(Path(vqig["checkpoint"]), data, out / "vqig_frames.png")
         vqig["frames_png"] = str(picture)
