@@ -79,6 +79,9 @@ def random_record(clip: RandomClip) -> dict:
         "landmarks": rng.uniform(0, max(clip.frame_size, 64), size=(frames, NUM_LANDMARKS, 2)).astype(np.float32),
         "frames": blob,
         "frame_offsets": offsets,
+        # the optional fields (drawn last, so the arrays above do not change with them)
+        "blink": rng.uniform(0, 1, frames).astype(np.float32),
+        "gaze": (rng.standard_normal((frames, 2)) * 0.2).astype(np.float32),
     }
 
 
@@ -119,6 +122,7 @@ def write_random_dataset(
         frame_size=frame_size,
         speakers={split: RANDOM_SPEAKERS[split] for split in clip_frames},
         exp_names=list(exp_names or []),
+        fields=["blink", "gaze"],
     )
     # librosa loads and compiles lazily on its first call (seconds); pay that once here rather
     # than in each split's forked litdata worker

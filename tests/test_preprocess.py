@@ -111,6 +111,18 @@ def test_expression_basis_is_saved_and_fitted_on_train(mead):
     assert 0 < mead.card.extra["explained_variance_ratio"] <= 1
 
 
+def test_blink_and_gaze_come_from_the_eyes_and_ignore_head_motion(mead):
+    """FaceMesh's eyelids and irises give every record blink and gaze; the photograph's eyes do not
+    move while the head rolls, shifts and scales, so neither does gaze, and it never blinks."""
+    assert mead.card.fields == ["blink", "gaze"]
+    assert len(mead.card.stats.blink_mean) == 1 and len(mead.card.stats.gaze_mean) == 2
+    for clip_id, record in mead.records.items():
+        assert record["blink"].shape == (FRAMES,) and record["gaze"].shape == (FRAMES, 2)
+        assert record["blink"].max() < 0.3, clip_id
+        assert record["gaze"].std(0).max() < 0.05, (clip_id, record["gaze"].std(0))
+        assert np.abs(record["gaze"]).max() < 0.3  # the astronaut looks at the camera
+
+
 def test_coefficient_datamodule_reads_the_shards(mead):
     from flowvq.datamodules.coefficients import CoefficientDataModule
 

@@ -145,3 +145,66 @@ def test_audio_features_align_with_frames():
     assert mel[7].max() > mel[1].max() + 5  # a 440 Hz tone lights a few bins once it starts
     envelope = frame_envelope(tone, frames)
     assert envelope[:5].max() < 1e-6 and envelope[6:].min() > 0.3
+
+
+def with_eyes(item: tuple[int, str]) -> dict:
+    """:func:`make_record` with the optional blink and gaze fields."""
+    record = make_record(item)
+    rng = np.random.default_rng(100 + item[0])
+    frames = len(record["exp"])
+    record["blink"] = rng.uniform(0, 1, frames).astype(np.float32)
+    record["gaze"] = rng.normal(0, 0.2, (frames, 2)).astype(np.float32)
+    return record
+
+
+def test_optional_blink_and_gaze_round_trip(tmp_path):
+    card = DatasetCard(name="eyes", exp_dim=5, pose_dim=6, coefficient_source="synthetic", fields=["blink", "gaze"])
+    card.audio = AudioFeatures(n_mels=8)
+    write_dataset(tmp_path, {"train": [(i, "train") for i in range(6)]}, with_eyes, card)
+    loaded = DatasetCard.load(tmp_path)
+    assert loaded.fields == ["blink", "gaze"]
+    stored = {r["clip_id"]: r for r in open_split(tmp_path, "train")}
+    for i in range(6):
+        original = with_eyes((i, "train"))
+        np.testing.assert_array_equal(stored[original["clip_id"]]["gaze"], original["gaze"])
+        np.testing.assert_array_equal(stored[original["clip_id"]]["blink"], original["blink"])
+    gaze = np.concatenate([with_eyes((i, "train"))["gaze"] for i in range(6)])
+    np.testing.assert_allclose(loaded.stats.gaze_mean, gaze.mean(0), atol=1e-5)
+    np.testing.assert_allclose(loaded.stats.gaze_std, gaze.std(0), atol=1e-5)
+    assert len(loaded.stats.blink_mean) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "fields", "message"),
+    [
+        (lambda r: r.update(gaze=np.zeros((len(r["exp"]), 3), np.float32)), None, "'gaze'.*shape"),
+        (lambda r: r.update(gaze=np.zeros((3, 2), np.float32)), None, "'gaze'.*dimension T is 3"),
+        (lambda r: r.update(blink=np.full(len(r["exp"]), 1.5, np.float32)), None, "'blink'.*\\[0, 1\\]"),
+        (lambda r: r.pop("gaze"), ["blink", "gaze"], "'gaze'.*missing.*card lists it"),
+        (lambda r: None, ["blink"], "'gaze'.*present but the dataset card lists only"),
+    ],
+)
+def test_bad_optional_fields_are_named(change, fields, message):
+    record = with_eyes((1, "train"))
+    change(record)
+    with pytest.raises(RecordError, match=message):
+        validate_record(record, fields=fields)
+
+
+def test_cards_without_fields_read_and_models_needing_them_are_told_what_to_run(tmp_path):
+    from flowvq.data.card import require_fields
+
+    card = DatasetCard(name="old", exp_dim=5, pose_dim=6, coefficient_source="synthetic")
+    data = card.to_dict()
+    del data["fields"]  # a card written before the optional fields existed
+    del data["stats"]
+    old = DatasetCard.from_dict(data)
+    assert old.fields == []
+    with pytest.raises(DatasetError, match="needs the record field\\(s\\) \\['gaze'\\].*re-run `flowvq synth`"):
+        require_fields(old, ["gaze"], "motion flow")
+    deep3d = DatasetCard(name="d3d", exp_dim=64, pose_dim=6, coefficient_source="deep3dfacerecon")
+    with pytest.raises(DatasetError, match="\\['blink', 'gaze'\\].*Deep3DFaceRecon imports carry neither"):
+        require_fields(deep3d, ["blink", "gaze"], "motion flow")
+    require_fields(
+        DatasetCard(name="new", exp_dim=5, pose_dim=6, coefficient_source="x", fields=["gaze"]), ["gaze"], "m"
+    )

@@ -265,3 +265,50 @@ def test_faces_preset_writes_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     for record in records:
         assert len(record["frame_offsets"]) - 1 == 8 and record["landmarks"].shape == (8, 68, 2)
         assert Image.open(io.BytesIO(unpack_frame(record, 7))).size == (32, 32)
+
+
+def test_records_carry_blink_and_gaze_mirroring_the_exp_dims(synth_tiny_root: Path) -> None:
+    card = DatasetCard.load(synth_tiny_root)
+    assert card.fields == ["blink", "gaze"] and len(card.stats.gaze_mean) == 2 and len(card.stats.blink_std) == 1
+    truth = load_ground_truth(synth_tiny_root, "test")
+    for record in _records(synth_tiny_root, "test"):  # each read is validated, optional fields included
+        frames = len(record["exp"])
+        assert record["blink"].shape == (frames,) and record["gaze"].shape == (frames, 2)
+        np.testing.assert_allclose(record["blink"], truth[record["clip_id"]]["blink"], atol=1e-6)
+        # gaze is a fixed per-speaker linear map of the exp dims (x right; the image's y down is gaze's up)
+        for dim, name, sign in ((0, "gaze_x", 1), (1, "gaze_y", -1)):
+            assert sign * np.corrcoef(record["gaze"][:, dim], record["exp"][:, EXP_INDEX[name]])[0, 1] > 0.999
+
+
+def test_gaze_field_is_where_the_iris_is_drawn() -> None:
+    """Render a frontal face looking left, ahead, right, down and up, find the dark pupil in each
+    eye and measure its offset from the eye corners in half eye widths: the record's gaze."""
+    from flowvq.data.synth.face import gaze_field, speaker_shape
+
+    size = 256
+    speaker = make_speaker(0, 1, "train")
+    renderer = FaceRenderer(speaker, size)
+    exp, pose = _neutral(5)
+    exp[:, EXP_INDEX["gaze_x"]] = [-1.5, 0.0, 1.5, 0.0, 0.0]
+    exp[:, EXP_INDEX["gaze_y"]] = [0.0, 0.0, 0.0, 1.5, -1.5]
+    frames = np.stack([np.asarray(im.convert("L")) for im in renderer.render_clip(exp, pose)]).astype(float)
+    landmarks = renderer.landmarks(exp, pose)
+    expected = gaze_field(speaker_shape(speaker.seed), exp)
+    measured = []
+    for frame, points in zip(frames, landmarks):
+        offsets = []
+        for eye in (slice(36, 42), slice(42, 48)):
+            inside = _polygon_mask(size, points[eye])
+            ys, xs = np.nonzero(inside & (frame < np.percentile(frame[inside], 15)))  # the pupil
+            corners = points[eye][[0, 3]]
+            offsets.append(
+                (np.array([xs.mean(), ys.mean()]) - corners.mean(0)) / (np.linalg.norm(corners[1] - corners[0]) / 2)
+            )
+        measured.append(np.mean(offsets, 0) * [1, -1])  # y up
+    measured = np.array(measured)
+    # horizontally the drawn pupil moves as gaze says (from looking ahead: the glint biases both alike)
+    np.testing.assert_allclose(measured[:3, 0] - measured[1, 0], expected[:3, 0] - expected[1, 0], atol=0.03)
+    assert expected[0, 0] < -0.2 and expected[2, 0] > 0.2
+    # vertically the lids hide part of the pupil, so only its direction is measurable: down, then up
+    assert expected[3, 1] < expected[1, 1] < expected[4, 1]
+    assert measured[3, 1] < measured[1, 1] < measured[4, 1]

@@ -13,9 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from flowvq.data.schema import EMOTIONS, POSE_NAMES
+from flowvq.data.schema import EMOTIONS, OPTIONAL_FIELDS, POSE_NAMES
 
-__all__ = ["CARD_NAME", "SPLITS", "AudioFeatures", "DatasetCard", "DatasetError", "Stats", "check_dims"]
+__all__ = [
+    "CARD_NAME",
+    "SPLITS",
+    "AudioFeatures",
+    "DatasetCard",
+    "DatasetError",
+    "Stats",
+    "check_dims",
+    "require_fields",
+]
 
 CARD_NAME = "dataset.json"
 SPLITS = ("train", "val", "test")
@@ -42,7 +51,11 @@ class AudioFeatures:
 
 @dataclass
 class Stats:
-    """Train-split mean and std per dimension (std floored so normalisation never divides by 0)."""
+    """Train-split mean and std per dimension (std floored so normalisation never divides by 0).
+
+    ``blink_*`` (one value) and ``gaze_*`` (two) are there when the dataset carries those
+    optional fields, None otherwise.
+    """
 
     exp_mean: list[float]
     exp_std: list[float]
@@ -50,10 +63,23 @@ class Stats:
     pose_std: list[float]
     mel_mean: list[float]
     mel_std: list[float]
+    blink_mean: list[float] | None = None
+    blink_std: list[float] | None = None
+    gaze_mean: list[float] | None = None
+    gaze_std: list[float] | None = None
 
     @classmethod
-    def from_arrays(cls, exp: np.ndarray, pose: np.ndarray, mel: np.ndarray, floor: float = 1e-3) -> Stats:
-        """Statistics of stacked train frames: exp [N, E], pose [N, P], mel [N, M]."""
+    def from_arrays(
+        cls,
+        exp: np.ndarray,
+        pose: np.ndarray,
+        mel: np.ndarray,
+        floor: float = 1e-3,
+        blink: np.ndarray | None = None,
+        gaze: np.ndarray | None = None,
+    ) -> Stats:
+        """Statistics of stacked train frames: exp [N, E], pose [N, P], mel [N, M], and the
+        optional blink [N] and gaze [N, 2]."""
 
         def moments(x: np.ndarray) -> tuple[list[float], list[float]]:
             x = np.asarray(x, dtype=np.float64)
@@ -62,7 +88,12 @@ class Stats:
         exp_mean, exp_std = moments(exp)
         pose_mean, pose_std = moments(pose)
         mel_mean, mel_std = moments(mel)
-        return cls(exp_mean, exp_std, pose_mean, pose_std, mel_mean, mel_std)
+        stats = cls(exp_mean, exp_std, pose_mean, pose_std, mel_mean, mel_std)
+        if blink is not None:
+            stats.blink_mean, stats.blink_std = moments(np.reshape(blink, (-1, 1)))
+        if gaze is not None:
+            stats.gaze_mean, stats.gaze_std = moments(np.reshape(gaze, (-1, 2)))
+        return stats
 
 
 @dataclass
@@ -79,6 +110,7 @@ class DatasetCard:
     emotion_names: list[str] = field(default_factory=lambda: list(EMOTIONS))
     exp_names: list[str] = field(default_factory=list)
     pose_names: list[str] = field(default_factory=lambda: list(POSE_NAMES))
+    fields: list[str] = field(default_factory=list)  # optional record fields carried (blink, gaze)
     splits: dict[str, int] = field(default_factory=dict)  # clips per split
     speakers: dict[str, list[str]] = field(default_factory=dict)  # speakers per split
     stats: Stats | None = None
@@ -172,3 +204,36 @@ def check_dims(expected: dict[str, int], card: DatasetCard, what: str, root: str
             f"{what} does not match the dataset {card.name!r}{where}: {details}. "
             "Train a new model on this dataset, or point the data path at the dataset the model was trained on."
         )
+
+
+def require_fields(
+    card: DatasetCard, names: list[str] | tuple[str, ...], what: str, root: str | Path | None = None
+) -> None:
+    """Refuse a dataset that lacks optional record fields a model needs, naming them.
+
+    Arguments:
+        card: the dataset's card (``fields`` lists what its records carry).
+        names: the optional fields needed (``blink``, ``gaze``).
+        what: the model, for the message.
+        root: the dataset root, for the message.
+    """
+    unknown = [name for name in names if name not in OPTIONAL_FIELDS]
+    if unknown:
+        raise ValueError(f"{what}: {unknown} are not optional record fields; expected some of {list(OPTIONAL_FIELDS)}")
+    missing = [name for name in names if name not in card.fields]
+    if not missing:
+        return
+    where = f" at {str(root)!r}" if root is not None else ""
+    if card.coefficient_source == "deep3dfacerecon":
+        how = "Deep3DFaceRecon imports carry neither blink nor gaze: preprocess the videos with `flowvq preprocess`"
+    elif card.coefficient_source == "synthetic":
+        how = "it was written before SynthTalk recorded them: re-run `flowvq synth` (with --overwrite)"
+    else:
+        how = (
+            "re-run `flowvq preprocess ... --merge true --overwrite true` with this flowvq (gaze needs the iris "
+            "landmarks: --refine_landmarks true at extraction)"
+        )
+    raise DatasetError(
+        f"{what} needs the record field(s) {missing}, which the dataset {card.name!r}{where} "
+        f"({card.coefficient_source}) does not carry (its optional fields: {card.fields or 'none'}): {how}"
+    )

@@ -8,6 +8,19 @@ Frames are stored as one ``bytes`` blob of concatenated JPEGs plus ``frame_offse
 (int64, ``[T + 1]``), so that every record has the same flat structure whether or not it has
 frames (coefficient-only shards carry an empty blob and ``frame_offsets`` of length 0), and
 a random frame costs one JPEG decode.
+
+Two fields are optional (:data:`OPTIONAL_FIELDS`): ``blink [T]`` and ``gaze [T, 2]``. A dataset
+either carries one in every record or in none, and its card lists those it carries
+(``DatasetCard.fields``). SynthTalk writes both; ``flowvq preprocess`` derives both from
+FaceMesh (``blink`` from the eyelid aperture; ``gaze`` from the iris landmarks, so only with
+``refine_landmarks``); Deep3DFaceRecon imports have neither. Their units:
+
+- ``blink``: eyelid closure, 0 open (the clip's usual aperture) to 1 closed.
+- ``gaze``: the iris centre's offset from the midpoint of the eye's corners, in half eye
+  widths (corner to corner), averaged over both eyes, in the head's frame: ``gaze[:, 0]``
+  along the corner-to-corner line, positive towards the image's right (the subject's left),
+  ``gaze[:, 1]`` across it, positive up. About +-0.4 at the extremes of a human gaze; it
+  is the sine of the eye's rotation times eyeball radius / half eye width (about 0.8).
 """
 
 from __future__ import annotations
@@ -20,8 +33,10 @@ import numpy as np
 __all__ = [
     "EMOTIONS",
     "FIELDS",
+    "GAZE_NAMES",
     "INTENSITY_LEVELS",
     "NUM_LANDMARKS",
+    "OPTIONAL_FIELDS",
     "POSE_NAMES",
     "RecordError",
     "emotion_index",
@@ -47,6 +62,8 @@ EMOTIONS: tuple[str, ...] = (
 INTENSITY_LEVELS: int = 3
 #: Head pose per frame: rotation in radians, translation and scale in crop units.
 POSE_NAMES: tuple[str, ...] = ("yaw", "pitch", "roll", "tx", "ty", "scale")
+#: The two dims of the optional ``gaze`` field (see the module docstring for the units).
+GAZE_NAMES: tuple[str, ...] = ("gaze_x", "gaze_y")
 #: iBUG-68 landmarks; the mouth is points 48..67.
 NUM_LANDMARKS: int = 68
 MOUTH = slice(48, 68)
@@ -106,6 +123,12 @@ FIELDS: dict[str, Field] = {
     "frame_offsets": Field(np.int64, ("F",), "byte offsets of each JPEG in frames, T + 1 of them"),
 }
 
+#: Fields a dataset may carry in every record (its card lists them in ``fields``).
+OPTIONAL_FIELDS: dict[str, Field] = {
+    "blink": Field(np.float32, ("T",), "eyelid closure per frame, 0 open .. 1 closed"),
+    "gaze": Field(np.float32, ("T", 2), "iris offset from the eye centre in half eye widths (x right, y up)"),
+}
+
 
 def _fail(record: dict, field: str, message: str) -> RecordError:
     clip = record.get("clip_id", "<no clip_id>")
@@ -126,6 +149,7 @@ def validate_record(
     sample_rate: int = 16000,
     fps: float = 25.0,
     min_audio_ratio: float = 0.9,
+    fields: list[str] | tuple[str, ...] | None = None,
 ) -> dict:
     """Check a record against :data:`FIELDS` and return it.
 
@@ -135,6 +159,8 @@ def validate_record(
             ``None`` accepts any size but still checks consistency within the record.
         sample_rate, fps: to check that the audio covers the video.
         min_audio_ratio: audio shorter than this fraction of the video is refused.
+        fields: the optional fields (:data:`OPTIONAL_FIELDS`) the record must carry, and no
+            others (the card's ``fields``); ``None`` checks whichever it carries.
 
     Raises:
         RecordError: naming the clip and the field that disagree.
@@ -162,7 +188,21 @@ def validate_record(
         for key, value in {"E": exp_dim, "P": pose_dim, "M": mel_bins, "K": mel_per_frame}.items()
         if value is not None
     }
-    for name, spec in FIELDS.items():
+    optional = [name for name in OPTIONAL_FIELDS if name in record]
+    if fields is not None:
+        unknown = [name for name in fields if name not in OPTIONAL_FIELDS]
+        if unknown:
+            raise _fail(record, unknown[0], f"is not an optional field: expected some of {list(OPTIONAL_FIELDS)}")
+        for name in fields:
+            if name not in record:
+                raise _fail(record, name, "missing: the dataset card lists it, so every record must carry it")
+        for name in optional:
+            if name not in fields:
+                raise _fail(
+                    record, name, f"present but the dataset card lists only {list(fields)}: add it to the card's fields"
+                )
+    checked = {**FIELDS, **{name: OPTIONAL_FIELDS[name] for name in optional}}
+    for name, spec in checked.items():
         if spec.shape == ():
             continue
         value = record[name]
@@ -188,6 +228,12 @@ def validate_record(
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             raise _fail(record, name, "contains NaN or inf")
 
+    if (
+        "blink" in optional
+        and record["blink"].size
+        and not (-1e-3 <= record["blink"].min() <= record["blink"].max() <= 1 + 1e-3)
+    ):
+        raise _fail(record, "blink", "eyelid closure must lie in [0, 1] (0 open, 1 closed)")
     frames = sizes["T"]
     if frames < 1:
         raise _fail(record, "exp", "the clip has no frames")

@@ -24,7 +24,7 @@ import numpy as np
 from litdata import StreamingDataset
 
 from flowvq.data.card import SPLITS, DatasetCard, DatasetError, Stats
-from flowvq.data.schema import RecordError, validate_record
+from flowvq.data.schema import OPTIONAL_FIELDS, RecordError, validate_record
 
 __all__ = ["ClipShards", "compute_stats", "open_split", "write_split", "write_dataset"]
 
@@ -75,6 +75,7 @@ def write_split(
         "mel_per_frame": card.audio.mel_per_frame,
         "sample_rate": card.audio.sample_rate,
         "fps": card.fps,
+        "fields": list(card.fields),
     }
     litdata.optimize(
         fn=functools.partial(_checked, make_record, split, dims),
@@ -141,6 +142,7 @@ class ClipShards(StreamingDataset):
                     mel_per_frame=card.audio.mel_per_frame,
                     sample_rate=card.audio.sample_rate,
                     fps=card.fps,
+                    fields=card.fields,
                 )
             except RecordError as error:
                 raise RecordError(
@@ -151,11 +153,13 @@ class ClipShards(StreamingDataset):
 
 
 def compute_stats(root: str | Path, split: str = "train", max_frames: int = 200_000, seed: int = 0) -> Stats:
-    """Normalisation statistics of exp, pose and mel over (a sample of) a split's frames."""
+    """Normalisation statistics of exp, pose and mel (and of the optional blink and gaze, where
+    the records carry them) over (a sample of) a split's frames."""
     # the card is not written yet while a dataset is being built: read the raw split
     shards = StreamingDataset(input_dir=str(Path(root) / split))
     rng = np.random.default_rng(seed)
     exp, pose, mel = [], [], []
+    optional: dict[str, list[np.ndarray]] = {name: [] for name in OPTIONAL_FIELDS}
     total = 0
     order = rng.permutation(len(shards))
     for index in order:
@@ -163,12 +167,16 @@ def compute_stats(root: str | Path, split: str = "train", max_frames: int = 200_
         exp.append(record["exp"])
         pose.append(record["pose"])
         mel.append(record["mel"].reshape(-1, record["mel"].shape[-1]))
+        for name, values in optional.items():
+            if name in record:
+                values.append(record[name])
         total += len(record["exp"])
         if total >= max_frames:
             break
     if not exp:
         raise DatasetError(f"split {split!r} of {str(root)!r} is empty: no statistics can be computed")
-    return Stats.from_arrays(np.concatenate(exp), np.concatenate(pose), np.concatenate(mel))
+    extra = {name: np.concatenate(values) for name, values in optional.items() if values}
+    return Stats.from_arrays(np.concatenate(exp), np.concatenate(pose), np.concatenate(mel), **extra)
 
 
 def write_dataset(

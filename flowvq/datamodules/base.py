@@ -95,20 +95,22 @@ def sample_rng(seed: int, clip_id: str, epoch: int | None = None) -> np.random.G
 
 
 class Normalizer:
-    """Standardises exp, pose and mel per dimension with a dataset card's train statistics.
+    """Standardises exp, pose and mel (and blink and gaze, where the card has their statistics)
+    per dimension with a dataset card's train statistics.
 
     Works on numpy arrays and torch tensors alike; the statistics broadcast over the last
-    dimension (E, P or M).
+    dimension (E, P, M; blink's one value and gaze's two likewise).
 
     Arguments:
         stats: the card's train-split statistics.
     """
 
-    NAMES = ("exp", "pose", "mel")
+    NAMES = ("exp", "pose", "mel", "blink", "gaze")
 
     def __init__(self, stats: Stats) -> None:
-        self.mean = {name: np.asarray(getattr(stats, f"{name}_mean"), dtype=np.float32) for name in self.NAMES}
-        self.std = {name: np.asarray(getattr(stats, f"{name}_std"), dtype=np.float32) for name in self.NAMES}
+        have = [name for name in self.NAMES if getattr(stats, f"{name}_mean", None) is not None]
+        self.mean = {name: np.asarray(getattr(stats, f"{name}_mean"), dtype=np.float32) for name in have}
+        self.std = {name: np.asarray(getattr(stats, f"{name}_std"), dtype=np.float32) for name in have}
 
     @classmethod
     def from_card(cls, card: DatasetCard, root: str | Path | None = None) -> Normalizer:
@@ -122,7 +124,7 @@ class Normalizer:
 
     def _moments(self, name: str, like: Any) -> tuple[Any, Any]:
         if name not in self.mean:
-            raise KeyError(f"unknown normalised quantity {name!r}: expected one of {self.NAMES}")
+            raise KeyError(f"unknown normalised quantity {name!r}: expected one of {tuple(self.mean)}")
         mean, std = self.mean[name], self.std[name]
         if isinstance(like, torch.Tensor):
             return torch.as_tensor(mean, device=like.device, dtype=like.dtype), torch.as_tensor(

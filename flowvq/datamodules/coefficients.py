@@ -10,7 +10,7 @@ import numpy as np
 from einops import rearrange
 
 from flowvq.data.audio import frame_envelope
-from flowvq.data.schema import num_frames
+from flowvq.data.schema import OPTIONAL_FIELDS, num_frames
 from flowvq.datamodules.base import SILENCE_LOG_MEL, ClipDataModule, Normalizer, sample_rng
 
 __all__ = ["CoefficientDataModule", "WindowSampler", "window_starts"]
@@ -66,9 +66,15 @@ class WindowSampler:
         envelope = frame_envelope(record["audio"], frames, self.sample_rate, self.fps)  # (T,)
         exp = self.normalizer.normalize("exp", record["exp"])  # (T, E)
         pose = self.normalizer.normalize("pose", record["pose"])  # (T, P)
+        # the optional fields the dataset carries: blink (T,) -> (T, 1), gaze (T, 2)
+        extra = {
+            name: self.normalizer.normalize(name, np.asarray(record[name], np.float32).reshape(frames, -1))
+            for name in OPTIONAL_FIELDS
+            if name in record
+        }
         keep = not (self.skip_short and frames < self.window)
         return [
-            self.cut(record, start, frames, exp, pose, envelope, keep)
+            self.cut(record, start, frames, exp, pose, envelope, keep, extra)
             for start in window_starts(frames, self.window, self.count, rng)
         ]
 
@@ -81,6 +87,7 @@ class WindowSampler:
         pose: np.ndarray,
         envelope: np.ndarray,
         keep: bool,
+        extra: dict[str, np.ndarray] | None = None,
     ) -> dict[str, Any]:
         window, context, previous = self.window, self.audio_context, self.prev_frames
         index = start + np.arange(window)  # (W,) frame of each window position
@@ -105,7 +112,16 @@ class WindowSampler:
         prev_pose = np.zeros((previous, pose.shape[1]), dtype=np.float32)
         prev_exp[prev_mask] = exp[before[prev_mask]]
         prev_pose[prev_mask] = pose[before[prev_mask]]
+        fields: dict[str, np.ndarray] = {}
+        for name, values in (extra or {}).items():  # values (T, d): blink d=1, gaze d=2
+            previous_values = np.zeros((previous, values.shape[1]), dtype=np.float32)
+            previous_values[prev_mask] = values[before[prev_mask]]
+            window_values = padded(values)
+            if name == "blink":  # a track, as in the record
+                window_values, previous_values = window_values[:, 0], previous_values[:, 0]
+            fields[name], fields[f"prev_{name}"] = window_values, previous_values
         return {
+            **fields,
             "exp": padded(exp),
             "pose": padded(pose),
             "mel": mel.astype(np.float32),
@@ -129,9 +145,10 @@ class CoefficientDataModule(ClipDataModule):
     Batch (normalised with the card's train statistics)::
 
         exp [B, W, E], pose [B, W, P]          the window; zeros past the end of a short clip
+        blink [B, W], gaze [B, W, 2]           where the dataset carries them (card.fields)
         mel [B, W, C, M]                       log-mel around each frame, C = (2 * audio_context + 1) * K
         energy [B, W]                          audio RMS per frame (not normalised), for lip-sync metrics
-        prev_exp [B, Kp, E], prev_pose [B, Kp, P], prev_mask [B, Kp]
+        prev_exp [B, Kp, E], prev_pose [B, Kp, P], prev_mask [B, Kp] (and prev_blink, prev_gaze)
                                                the frames before the window (zeros, mask False, before the clip)
         mask [B, W] bool                       valid frames
         emotion, intensity, start [B] long; clip_id, speaker list[str]

@@ -7,6 +7,10 @@ shape (the mean over the speaker's neutral clips, or over all of its clips where
 are unknown), fitted on train frames only. The basis is saved next to the shards
 (``mediapipe_pca.npz``) so that coefficients can be turned back into landmarks.
 
+Blink (eyelid aperture) and gaze (iris landmarks, with ``refine_landmarks``) come from the
+cached FaceMesh landmarks (:mod:`flowvq.data.face.eyes`); imports (Deep3DFaceRecon) carry
+neither, and their card's ``fields`` says so.
+
 The pose is the head's pose in the camera frame, whatever the crop did: each frame's crop
 similarity (kept in the cache) is undone and the landmarks are put in one fixed, unrotated
 frame per clip (:func:`flowvq.data.face.crop.to_clip_frame`): yaw, pitch, roll of the fit
@@ -35,6 +39,7 @@ import numpy as np
 from flowvq.data.card import DatasetCard, DatasetError
 from flowvq.data.face import ExpressionBasis, mean_shape, pose_from_landmarks
 from flowvq.data.face.crop import to_clip_frame
+from flowvq.data.face.eyes import blink_from_aperture, eyelid_aperture, gaze_from_landmarks
 from flowvq.data.face.quality import QualityGate, shape_error
 from flowvq.data.preprocess.extract import ExtractConfig, cache_paths, load_cached
 from flowvq.data.preprocess.layouts import ClipSpec
@@ -55,11 +60,15 @@ class RecordMaker:
         size: crop side (landmarks are normalised by it for the pose).
         basis: path of the :class:`ExpressionBasis`; ``None`` for caches that carry their own
             ``exp`` and ``pose`` (imports).
+        fields: optional record fields to derive from the cached FaceMesh landmarks: ``blink``
+            (eyelid aperture) and ``gaze`` (iris landmarks; needs ``refine_landmarks``), see
+            :mod:`flowvq.data.face.eyes`.
     """
 
-    def __init__(self, size: int, basis: str | None = None) -> None:
+    def __init__(self, size: int, basis: str | None = None, fields: tuple[str, ...] = ()) -> None:
         self.size = size
         self.basis_path = basis
+        self.fields = tuple(fields)
         self._basis: ExpressionBasis | None = None
 
     def coefficients(self, landmarks: np.ndarray, crop: np.ndarray, speaker: str) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +85,7 @@ class RecordMaker:
             exp, pose = self.coefficients(data["landmarks"], data["crop"], meta["speaker"])
         else:
             exp, pose = data["exp"], data["pose"]
-        return {
+        record = {
             "clip_id": meta["clip_id"],
             "speaker": meta["speaker"],
             "split": meta["split"],
@@ -90,6 +99,11 @@ class RecordMaker:
             "frames": data["frames"].tobytes(),
             "frame_offsets": data["frame_offsets"],
         }
+        if "blink" in self.fields:
+            record["blink"] = blink_from_aperture(eyelid_aperture(data["landmarks"]))
+        if "gaze" in self.fields:
+            record["gaze"] = gaze_from_landmarks(data["landmarks"])
+        return record
 
 
 def _stride(total: int, budget: int) -> int:
@@ -269,11 +283,14 @@ def merge_cache(
                 rejected[path] = reasons
                 by_split[metas[path]["split"]].remove(path)
         basis.save(out / BASIS_NAME)
-        maker = RecordMaker(config.size, str(out / BASIS_NAME))
+        # blink and gaze from the same landmarks (Deep3D imports carry neither, as their card says)
+        fields = ("blink", "gaze") if config.refine_landmarks else ("blink",)
+        maker = RecordMaker(config.size, str(out / BASIS_NAME), fields)
         exp_dim = basis.exp_dim
         facts["basis"] = BASIS_NAME
         facts["num_landmarks"] = int(basis.reference.shape[0])
     else:
+        fields = ()
         maker = RecordMaker(config.size, None)
         exp_dim = int(load_cached(paths[0], ("exp",))["exp"].shape[1])
     rejections = [_rejection(metas[p], figures[p], rejected[p], gate) for p in paths if p in rejected]
@@ -290,6 +307,7 @@ def merge_cache(
         audio=config.audio,
         frame_size=config.size if config.frames else 0,
         exp_names=[f"pc{i}" for i in range(exp_dim)] if coefficient_source == "mediapipe-pca" else [],
+        fields=list(fields),
         speakers={split: sorted({metas[p]["speaker"] for p in ps}) for split, ps in by_split.items() if ps},
         extra={
             **(extra or {}),

@@ -18,7 +18,10 @@ __all__ = [
     "TEMPLATE",
     "camera",
     "deform",
+    "eye_closure",
     "face_depth",
+    "gaze_field",
+    "iris_offset",
     "keep_in_frame",
     "project",
     "rotation",
@@ -185,6 +188,34 @@ def deform(shape: np.ndarray, exp: np.ndarray) -> np.ndarray:
     upper, lower = list(UPPER_LIDS), list(LOWER_LIDS)
     points[..., upper, :] += closed[..., None] * (points[..., lower, :] - points[..., upper, :])
     return points
+
+
+#: Face units the iris moves per unit of the ``gaze_x`` / ``gaze_y`` expression dims (x right,
+#: y down), and where it rests below the midpoint of the eye corners.
+GAZE_SCALE = np.array([0.018, 0.01])
+IRIS_REST = np.array([0.0, 0.004])
+
+
+def iris_offset(exp: np.ndarray) -> np.ndarray:
+    """Iris centre ``[..., 2]`` from the midpoint of the eye corners, in face units (x right, y down)."""
+    exp = np.asarray(exp, dtype=np.float64)
+    return exp[..., [EXP_INDEX["gaze_x"], EXP_INDEX["gaze_y"]]] * GAZE_SCALE + IRIS_REST
+
+
+def gaze_field(shape: np.ndarray, exp: np.ndarray) -> np.ndarray:
+    """The record's ``gaze`` ``[T, 2]`` (see :mod:`flowvq.data.schema`: the iris offset in half eye
+    widths, x right, y up) of a speaker's ``shape`` [68, 3] under ``exp`` [T, E].
+
+    The renderer draws the iris at :func:`iris_offset` from the midpoint of each eye's corners
+    (iBUG 36/39 and 42/45), so this is what a tracker measures on a frontal frame.
+    """
+    half_width = 0.25 * (np.linalg.norm(shape[39, :2] - shape[36, :2]) + np.linalg.norm(shape[45, :2] - shape[42, :2]))
+    return (iris_offset(exp) * [1.0, -1.0] / half_width).astype(np.float32)
+
+
+def eye_closure(exp: np.ndarray) -> np.ndarray:
+    """The record's ``blink`` ``[T]``: eyelid closure 0 (open) .. 1 (closed), from the blink dim."""
+    return np.clip(np.asarray(exp)[..., EXP_INDEX["blink"]], 0.0, 1.0).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=256)

@@ -23,7 +23,7 @@ from flowvq.data.card import AudioFeatures, DatasetCard
 from flowvq.data.schema import EMOTIONS, pack_frames
 from flowvq.data.shards import write_dataset
 from flowvq.data.synth import motion
-from flowvq.data.synth.face import keep_in_frame, speaker_shape
+from flowvq.data.synth.face import eye_closure, gaze_field, keep_in_frame, speaker_shape
 from flowvq.data.synth.presets import ClipSpec, SynthPreset, get_preset, plan_clips
 from flowvq.data.synth.speech import PROSODY, speak
 
@@ -117,6 +117,10 @@ def make_record(spec: ClipSpec) -> dict:
         "landmarks": renderer.landmarks(sim.exp, sim.pose),
         "frames": blob,
         "frame_offsets": offsets,
+        # the optional fields, mirrored from the exp dims blink, gaze_x and gaze_y in the units
+        # every source uses (flowvq.data.schema), so models that need them read any dataset alike
+        "blink": eye_closure(sim.exp),
+        "gaze": gaze_field(speaker_shape(spec.speaker.seed), sim.exp),
     }
 
 
@@ -174,6 +178,7 @@ def write_synth(
         audio=replace(AUDIO),  # a copy: the card is the caller's to change
         frame_size=size if frames else 0,
         exp_names=list(motion.EXP_NAMES),
+        fields=["blink", "gaze"],
         speakers=speakers,
         extra={"synth": _synth_extra(spec, seed, size, {s.speaker_id: s for s in all_speakers})},
     )
@@ -205,6 +210,11 @@ def _synth_extra(preset: SynthPreset, seed: int, size: int, speakers: dict) -> d
             "envelope_ref": motion.ENVELOPE_REF,
         },
         "exp_decomposition": "exp = speech + emotion_offset + random; exp[:, blink] += blink",
+        "optional_fields": {
+            "blink": "clip(exp[:, blink], 0, 1)",
+            "gaze": "the rendered iris offset of exp[:, gaze_x], exp[:, gaze_y] in half eye widths "
+            "(flowvq.data.synth.face.gaze_field; x right, y up)",
+        },
         "landmark_frame_size": size,
         "ground_truth": {"path": "ground_truth/<split>.npz", "key": "<clip_id>/<name>", "arrays": GROUND_TRUTH},
         "prosody": {name: vars(p) for name, p in PROSODY.items()},

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from flowvq.data.synth.face import deform, face_depth
+from flowvq.data.synth.face import deform, face_depth, iris_offset
 from flowvq.data.synth.motion import EXP_INDEX
 from flowvq.data.synth.presets import SpeakerSpec
 
@@ -116,11 +116,11 @@ def clip_geometry(
     centre = -FOREHEAD_HEIGHT + 0.12 * speaker.fringe
     y = centre + (pts[:, :1, 1] - 0.3 - centre) * np.abs(x / half) ** 2.5 + 0.012 * np.sin(x * 40)
     parts["hair_front"] = np.concatenate([top, _on_face(np.stack([x, y], -1), 0.02)], 1)
-    gaze = np.stack([exp[:, EXP_INDEX["gaze_x"]] * 0.018, exp[:, EXP_INDEX["gaze_y"]] * 0.01, np.zeros(frames)], -1)
+    gaze = np.concatenate([iris_offset(exp), np.zeros((frames, 1))], -1)  # (T, 3)
     for side, eye, brow in (("left", slice(36, 42), slice(17, 22)), ("right", slice(42, 48), slice(22, 27))):
         parts[f"eye_{side}"] = pts[:, eye]
         rest = shape[eye]
-        centre = 0.5 * (rest[0] + rest[3]) + [0, 0.004, 0.01] + gaze  # (T, 3)
+        centre = 0.5 * (rest[0] + rest[3]) + [0, 0, 0.01] + gaze  # (T, 3)
         radius = 0.3 * abs(rest[3, 0] - rest[0, 0])
         parts[f"iris_{side}"] = _ellipse(centre, radius, radius)
         parts[f"pupil_{side}"] = _ellipse(centre, 0.45 * radius, 0.45 * radius, 10)
