@@ -360,10 +360,10 @@ class PoseFlowStage(_FlowStage):
         out = {"pose": values[..., :at]}
         for name in self.model.hparams.extra_exp_names or []:
             out[name], at = values[..., at], at + 1
-        from flowvq.lightning_modules.coefficient_flow import FIELD_WIDTHS
-
-        for name in self.model.hparams.get("extra_fields") or []:
-            width = FIELD_WIDTHS[name]
+        fields = list(self.model.hparams.get("extra_fields") or [])
+        widths = {name: 2 if name == "gaze" else 1 for name in fields}  # the record's blink [T], gaze [T, 2]
+        for name in fields:
+            width = widths[name]
             out[name] = values[..., at] if width == 1 else values[..., at : at + width]
             at += width
         return out
