@@ -360,10 +360,11 @@ class PoseFlowStage(_FlowStage):
         out = {"pose": values[..., :at]}
         for name in self.model.hparams.extra_exp_names or []:
             out[name], at = values[..., at], at + 1
-        fields = list(self.model.hparams.get("extra_fields") or [])
-        widths = {name: 2 if name == "gaze" else 1 for name in fields}  # the record's blink [T], gaze [T, 2]
-        for name in fields:
-            width = widths[name]
+        from flowvq.data.schema import OPTIONAL_FIELDS  # the record's blink [T], gaze [T, 2]
+
+        for name in self.model.hparams.get("extra_fields") or []:
+            shape = OPTIONAL_FIELDS[name].shape
+            width = 1 if len(shape) == 1 else int(shape[-1])
             out[name] = values[..., at] if width == 1 else values[..., at : at + width]
             at += width
         return out
