@@ -1,8 +1,8 @@
 """GMEG against ExpFlow on SynthTalk's held-out speakers: samples and emotion interpolation.
 
-    python benchmarks/gmeg_quality.py --data /tmp/synth_s1 --epochs 30
+    python benchmarks/gmeg_quality.py --data /tmp/synth_s1 --epochs 30 --seeds 0 1
     python benchmarks/gmeg_quality.py --data /tmp/synth_s1 --classifier work/classifier.pt \\
-        --expflow work/expflow_self_history0.5_seed0_e6.ckpt
+        --expflow 'work/expflow_self_history0.5_seed{seed}_e6.ckpt' --seeds 0 1
 
 Trains GMEG (the model of ``configs/tiny/gmeg.yaml``) on the train speakers for ``--epochs``
 epochs per seed, takes ExpFlow from ``--expflow`` (a checkpoint of
@@ -204,10 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="SynthTalk root (e.g. preset small, seed 1)")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--classifier", type=Path, default=None, help="EmotionClassifier (.ckpt or a saved module)")
     parser.add_argument("--classifier-epochs", type=int, default=10)
-    parser.add_argument("--expflow", type=Path, default=None, help="ExpFlow checkpoint on the same data and seed")
+    parser.add_argument(
+        "--expflow",
+        default=None,
+        help="ExpFlow checkpoint on the same data and seed ('{seed}' is replaced by the seed)",
+    )
     parser.add_argument(
         "--gmeg-temperatures",
         nargs="+",
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from flowvq.data.card import DatasetCard
     from flowvq.lightning_modules.emotion_classifier import load_emotion_classifier
-    from flowvq.pipeline.flow_samples import audio_context_of, check_module_against_data_card, whole_clips
+    from flowvq.pipeline.flow_samples import check_module_against_data_card
 
     work = args.work or Path(tempfile.mkdtemp(prefix="gmeg_quality_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -234,19 +238,48 @@ def main(argv: list[str] | None = None) -> int:
         classifier, _ = train_classifier(args.data, args.classifier_epochs, work)
         torch.save(classifier, work / "classifier.pt")
     card = DatasetCard.load(args.data)
-    gmeg, train_s = train_gmeg(args.data, args.epochs, args.seed, work)
-    check_module_against_data_card(gmeg, card, args.data)
-    expflow, expflow_source = load_or_train_expflow(args.expflow, args.data, args.seed, work)
-    check_module_against_data_card(expflow, card, args.data)
     takes_temperature = "temperature" in inspect.signature(evaluate).parameters
     names = list(card.exp_names) or [f"exp[{d}]" for d in range(card.exp_dim)]
+    rows, train_s, sources = [], {}, {}
+    for seed in args.seeds:
+        gmeg, train_s[seed] = train_gmeg(args.data, args.epochs, seed, work)
+        check_module_against_data_card(gmeg, card, args.data)
+        given = None if args.expflow is None else Path(args.expflow.replace("{seed}", str(seed)))
+        expflow, sources[seed] = load_or_train_expflow(given, args.data, seed, work)
+        check_module_against_data_card(expflow, card, args.data)
+        models = (
+            ("GMEG", gmeg, f"gmeg_seed{seed}_e{args.epochs}", args.gmeg_temperatures),
+            ("ExpFlow", expflow, Path(sources[seed]).stem, [TEMPERATURE]),
+        )
+        rows += score(models, seed, args.data, work, classifier, names, takes_temperature)
+    command = "python benchmarks/gmeg_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    out = {
+        "command": command,
+        "data": str(args.data),
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "gmeg_train_s": train_s,
+        "expflow": sources,
+        "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "gmeg_quality.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / "gmeg_quality.md").write_text(markdown(out))
+    print((RESULTS / "gmeg_quality.md").read_text())
+    return 0
+
+
+def score(
+    models: Any, seed: int, data: Path, work: Path, classifier: Any, names: list[str], takes_temperature: bool
+) -> list[dict[str, Any]]:
+    """Rows of one seed: each model at each of its temperatures (cached in ``work``)."""
+    from flow_long_sequence import evaluate
+
+    from flowvq.pipeline.flow_samples import audio_context_of, whole_clips
+
     rows = []
-    models = (
-        ("GMEG", gmeg, f"gmeg_seed{args.seed}_e{args.epochs}", args.gmeg_temperatures),
-        ("ExpFlow", expflow, Path(expflow_source).stem, [TEMPERATURE]),
-    )
     for name, model, tag, temperatures in models:
-        clips = whole_clips(args.data, model.hparams.get("prev_frames", 0), audio_context=audio_context_of(model))
+        clips = whole_clips(data, model.hparams.get("prev_frames", 0), audio_context=audio_context_of(model))
         for temperature in temperatures:
             if temperature != TEMPERATURE and not takes_temperature:
                 print(f"flow_long_sequence.evaluate samples at T={TEMPERATURE} only: {name} T={temperature} skipped")
@@ -266,45 +299,31 @@ def main(argv: list[str] | None = None) -> int:
                     result["interpolation"] = interpolation_scores(model, kind, clips, classifier)
                 result["eval_s"] = time.perf_counter() - start
                 cache.write_text(json.dumps(result))
-            rows.append({"model": name, "temperature": temperature, **result})
-            print(json.dumps({"model": name, "temperature": temperature, "clips": result["clips"]}), flush=True)
-    command = "python benchmarks/gmeg_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = {
-        "command": command,
-        "data": str(args.data),
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "gmeg_train_s": train_s,
-        "expflow": expflow_source,
-        "rows": rows,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "gmeg_quality.json").write_text(json.dumps(out, indent=2))
-    (RESULTS / "gmeg_quality.md").write_text(markdown(out))
-    print((RESULTS / "gmeg_quality.md").read_text())
-    return 0
+            rows.append({"model": name, "seed": seed, "temperature": temperature, **result})
+            print(json.dumps({"model": name, "seed": seed, "temperature": temperature, "clips": result["clips"]}))
+    return rows
 
 
 def markdown(out: dict[str, Any]) -> str:
     lines = [
         "# GMEG against ExpFlow: held-out speakers, whole clips, long speech, interpolation",
         "",
-        f"`{out['command']}`: GMEG ({out['epochs']} epochs, seed {out['seed']}, configs/tiny/gmeg.yaml's model) "
-        f"and ExpFlow (`{out['expflow']}`) trained on the train speakers of `{out['data']}`, scored on its test "
+        f"`{out['command']}`: GMEG ({out['epochs']} epochs per seed, configs/tiny/gmeg.yaml's model) "
+        f"and ExpFlow ({', '.join(f'`{v}`' for v in out['expflow'].values())}) trained on the train speakers of `{out['data']}`, scored on its test "
         f"speakers; samples at T={TEMPERATURE} from a clip start, scored as `benchmarks/flow_long_sequence.py` "
         "scores them. Goals: emotion accuracy >= 0.9, lip-sync >= 0.8 of the truth's, diversity 0.5-2x the "
         "truth's per-clip spread.",
         "",
         "## Whole clips",
         "",
-        "| model | T | emotion acc | lip-sync (truth) | lip-sync / truth | diversity / GT spread | "
+        "| model | seed | T | emotion acc | lip-sync (truth) | lip-sync / truth | diversity / GT spread | "
         "same without blink, gaze | tail (truth) | clamped |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in out["rows"]:
         c = r["clips"]
         lines.append(
-            f"| {r['model']} | {r.get('temperature', TEMPERATURE):g} | {c.get('emotion_accuracy', float('nan')):.3f} | "
+            f"| {r['model']} | {r['seed']} | {r['temperature']:g} | {c.get('emotion_accuracy', float('nan')):.3f} | "
             f"{c['lipsync']:.3f} ({c['lipsync_truth']:.3f}) | {c['lipsync'] / c['lipsync_truth']:.2f} | "
             f"{c['diversity_ratio']:.2f} | {r.get('diversity_per_dim', {}).get('ratio_without_motion_dims', float('nan')):.2f} | "
             f"{c['tail_fraction']:.4f} ({c['truth_tail_fraction']:.4f}) | {c['clamp_fraction']:.4f} |"
@@ -317,12 +336,12 @@ def markdown(out: dict[str, Any]) -> str:
             "Diversity per dim (std across samples over the ground truth's per-clip std; GMTalker generates blinks "
             "and gaze with its motion generator, not GMEG):",
             "",
-            "| model | T | " + " | ".join(dim_names) + " |",
-            "|---|---|" + "---|" * len(dim_names),
+            "| model | seed | T | " + " | ".join(dim_names) + " |",
+            "|---|---|---|" + "---|" * len(dim_names),
         ]
         for r in per_dim:
             ratios = " | ".join(f"{v:.2f}" for v in r["diversity_per_dim"]["ratio"])
-            lines.append(f"| {r['model']} | {r.get('temperature', TEMPERATURE):g} | {ratios} |")
+            lines.append(f"| {r['model']} | {r['seed']} | {r['temperature']:g} | {ratios} |")
     lines += [
         "",
         "## Long speech",
@@ -333,7 +352,7 @@ def markdown(out: dict[str, Any]) -> str:
     for r in out["rows"]:
         for key, L in r["long"].items():
             lines.append(
-                f"| {r['model']} T={r.get('temperature', TEMPERATURE):g} | {key} | {L['drift_first']:.2f} / {L['drift_last']:.2f} / {L['drift_max']:.2f} "
+                f"| {r['model']} s{r['seed']} T={r['temperature']:g} | {key} | {L['drift_first']:.2f} / {L['drift_last']:.2f} / {L['drift_max']:.2f} "
                 f"({L['truth_drift']:.2f}) | {L['tail_fraction']:.4f} | {L['frame_variation']:.3f} "
                 f"({L['truth_frame_variation']:.3f}) | {L.get('emotion_accuracy', float('nan')):.3f} |"
             )
@@ -341,24 +360,25 @@ def markdown(out: dict[str, Any]) -> str:
         "",
         f"## Interpolation ({STEPS} steps; EPPL / EPDV in the classifier's embedding, lower is smoother)",
         "",
-        "| path | GMEG EPPL | GMEG EPDV (share) | GMEG monotonic (all rising) | ExpFlow EPPL | ExpFlow EPDV (share) | "
-        "ExpFlow monotonic (all rising) | p(target) start -> end GMEG / ExpFlow |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seed | path | GMEG EPPL | GMEG EPDV (share) | GMEG monotonic (all rising) | ExpFlow EPPL | "
+        "ExpFlow EPDV (share) | ExpFlow monotonic (all rising) | p(target) start -> end GMEG / ExpFlow |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    by_model = {r["model"]: r["interpolation"] for r in out["rows"] if "interpolation" in r}
-    g, e = by_model["GMEG"], by_model["ExpFlow"]
-    for key in [k for k in g if k != "clips"]:
-        a, b = g[key], e[key]
-        lines.append(
-            f"| {key} | {a['eppl']:.1f} | {a['epdv']:.1f} ({a['epdv'] / a['eppl']:.2f}) | {a['monotonic']:.2f} "
-            f"({a['all_rising']:.2f}) | {b['eppl']:.1f} | {b['epdv']:.1f} ({b['epdv'] / b['eppl']:.2f}) | "
-            f"{b['monotonic']:.2f} ({b['all_rising']:.2f}) | "
-            f"{a['p_target_start']:.2f} -> {a['p_target_end']:.2f} / {b['p_target_start']:.2f} -> "
-            f"{b['p_target_end']:.2f} |"
-        )
+    paths = {(r["model"], r["seed"]): r["interpolation"] for r in out["rows"] if "interpolation" in r}
+    for seed in out["seeds"]:
+        g, e = paths[("GMEG", seed)], paths[("ExpFlow", seed)]
+        for key in [k for k in g if k != "clips"]:
+            a, b = g[key], e[key]
+            lines.append(
+                f"| {seed} | {key} | {a['eppl']:.1f} | {a['epdv']:.1f} ({a['epdv'] / a['eppl']:.2f}) | "
+                f"{a['monotonic']:.2f} ({a['all_rising']:.2f}) | {b['eppl']:.1f} | {b['epdv']:.1f} "
+                f"({b['epdv'] / b['eppl']:.2f}) | {b['monotonic']:.2f} ({b['all_rising']:.2f}) | "
+                f"{a['p_target_start']:.2f} -> {a['p_target_end']:.2f} / {b['p_target_start']:.2f} -> "
+                f"{b['p_target_end']:.2f} |"
+            )
     lines += [
         "",
-        f"Audio of the paths: one whole test clip of each of {', '.join(g['clips'])}; T={TEMPERATURE} for both. "
+        f"Audio of the paths: one whole test clip of each of {', '.join(g['clips'])} (the same for every seed); T={TEMPERATURE} for both. "
         "'share': EPDV / EPPL, the part of the squared path length due to an uneven pace (EPPL = mean(s)^2 + EPDV "
         "per path), comparable between paths of different lengths.",
     ]
