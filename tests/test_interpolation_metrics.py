@@ -94,3 +94,29 @@ def test_classifier_embedding_is_what_its_emotion_head_reads():
     assert path_embeddings(classifier, path).shape == (1, 5, 24)
     batch = path_embeddings(classifier, path[None].expand(2, -1, -1, -1), mask=torch.ones(2, 20, dtype=torch.bool))
     assert torch.allclose(batch[0], path_embeddings(classifier, path)[0], atol=1e-6)
+
+
+def test_load_emotion_classifier_reads_checkpoints_and_saved_modules(tmp_path):
+    from flowvq.data.card import DatasetError
+    from flowvq.lightning_modules.emotion_classifier import load_emotion_classifier
+
+    torch.manual_seed(0)
+    classifier = EmotionClassifier(exp_dim=16, num_emotions=8, hidden=16, layers=1)
+    torch.save(classifier, tmp_path / "classifier.pt")
+    torch.save(
+        {
+            "state_dict": classifier.state_dict(),
+            "hyper_parameters": dict(classifier.hparams),
+            "pytorch-lightning_version": "2.6.0",
+        },
+        tmp_path / "classifier.ckpt",
+    )
+    exp = torch.randn(2, 12, 16)
+    for name in ("classifier.pt", "classifier.ckpt"):
+        loaded = load_emotion_classifier(tmp_path / name, exp_dim=16)
+        assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+        assert torch.allclose(loaded.embed(exp), classifier.eval().embed(exp), atol=1e-6)
+    with pytest.raises(DatasetError, match="scores E=16, the generator makes E=12"):
+        load_emotion_classifier(tmp_path / "classifier.pt", exp_dim=12)
+    with pytest.raises(FileNotFoundError, match="does not exist: train one"):
+        load_emotion_classifier(tmp_path / "missing.ckpt")
