@@ -142,6 +142,7 @@ def write_report(
     command: str | None = None,
     extra: dict[str, Any] | None = None,
     digits: int = 2,
+    machine_info: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<out>/<name>.json`` (command, machine, rows, notes, extra) and ``<out>/<name>.md``.
 
@@ -155,6 +156,8 @@ def write_report(
         command: the command that made the result (default: this process's command line).
         extra: more JSON (not in the table).
         digits: decimals of floats in the table.
+        machine_info: the machine of the run when the report is written afterwards by another
+            process (default: :func:`machine` of this one).
 
     Returns:
         the JSON and markdown paths.
@@ -162,7 +165,7 @@ def write_report(
     out = Path(out) if out is not None else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     command = command or " ".join([Path(sys.executable).name, *sys.argv])
-    info = machine()
+    info = machine_info or machine()
     record = {"name": name, "command": command, "machine": info, "rows": list(rows), "notes": list(notes)}
     if extra:
         record["extra"] = extra
