@@ -48,7 +48,7 @@ def test_report_writes_json_and_markdown_with_the_machine(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_chain_under_its_out_folder(synth_tiny_root, tmp_path, monkeypatch):
-    """About 3 minutes on 2 cores: every stage briefly, videos per emotion, then `flowvq generate`
+    """About 2 minutes on one CPU thread: every stage briefly, videos per emotion, then `flowvq generate`
     with the pipeline it leaves."""
     from flowvq.data.video import probe
 
