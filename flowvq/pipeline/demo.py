@@ -332,7 +332,9 @@ def demo(
             frames = fit("frame_emotion_classifier", epochs)
             console(f"frame emotion classifier (scores Acc_emo): {frames['seconds']:.0f} s")
             clock = time.perf_counter()
-            with quiet_lightning():
+            from flowvq.pipeline.inputs import native_quiet
+
+            with quiet_lightning(), native_quiet():  # mediapipe's native log lines, per clip
                 table = scorer(
                     pipeline=pipeline_yaml,
                     data=data,

@@ -221,22 +221,28 @@ def aligned_source(crop: np.ndarray, size: int, landmarks: np.ndarray | None = N
 
 @contextmanager
 def native_quiet() -> Iterator[None]:
-    """Send what native libraries print to stderr (mediapipe's TFLite and absl lines) to /dev/null
-    for the duration; Python errors still raise as usual."""
+    """Send what native libraries write to the stderr file descriptor (mediapipe's TFLite and
+    absl lines) to /dev/null for the duration, while Python's ``sys.stderr`` (progress bars,
+    warnings, tracebacks) still reaches the real stderr."""
     import os
     import sys
 
     try:
         sys.stderr.flush()
         saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (e.g. captured): nothing to silence
+    except (OSError, ValueError):  # no real stderr file descriptor: nothing to silence
         yield
         return
+    python_stderr = sys.stderr
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
+    sys.stderr = open(os.dup(saved), "w", buffering=1, errors="backslashreplace")  # noqa: SIM115
     try:
         yield
     finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = python_stderr
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
