@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Threads: torch {torch.get_num_threads()}; the machine was shared with other jobs, so figures are "
         "lower bounds of what the hardware gives.",
         "bf16 runs the renderer under bf16 autocast; the flows always sample in fp32 (their per-frame "
-        "inverse needs it).",
+        "inverse needs it), so the fp32 and bf16 rows run the same flow code: their difference in "
+        "expression_fps / motion_fps (up to 3x) is the shared machine's noise, the size of the uncertainty "
+        "on every figure here.",
     ]
     write_report("generate_speed", rows, "Generation speed (FlowVQTalker chain)", notes, columns, out=args.out)
     return 0
