@@ -432,25 +432,41 @@ def test_notebook_generate_and_score(tiny_stages, media, tmp_path):
     assert (tmp_path / "work" / "happy.mp4").exists()
 
 
-def test_gmeg_fills_the_expression_role_by_config(tiny_stages, named_random_dataset, media, tmp_path):
-    """GMTalker's expression generator joins the chain through the registry (kind: gmeg), no code
-    change: emotion blends go to GMEG's simplex, its z_gm comes out with the coefficients."""
+def test_gmtalker_stages_fill_their_roles_by_config(tiny_stages, named_random_dataset, media, tmp_path):
+    """GMTalker's stages join the chain through the registry, no code change: GMEG (kind: gmeg)
+    takes the emotion blend and passes its z_gm on, the person-specific StyleUNet head
+    (kind: styleunet_head) renders without a source photo."""
     from flowvq.pipeline import Pipeline
     from flowvq.pipeline.train import fit_config
 
-    gmeg = fit_config(
-        TINY / "gmeg.yaml", named_random_dataset, tmp_path, "gmeg", {**FAST, **COEFFICIENT_DATA}, progress=False
-    )
+    overrides = {**FAST, **COEFFICIENT_DATA}
+    gmeg = fit_config(TINY / "gmeg.yaml", named_random_dataset, tmp_path, "gmeg", overrides, progress=False)
+    head_config = {  # the StyleUNet head at the tiny configs' size, on one speaker, fed GMEG's z_gm
+        "seed_everything": 0,
+        "model": {
+            "class_path": "flowvq.lightning_modules.styleunet.StyleUNetHead",
+            "init_args": {"resolution": 64, "channels": 8, "ch_mult": [1, 2, 4, 4], "max_channels": 32,
+                          "z_gm_dim": gmeg.model.hparams.latent_dim, "latent_dim": 8, "style_dim": 16,
+                          "hidden_dim": 32, "shared_layers": 1, "branch_layers": 1, "disc_channels": 16,
+                          "disc_layers": 2, "log_images": 0, "log_video_frames": 0},
+        },
+        "data": {
+            "class_path": "flowvq.datamodules.FramePairDataModule",
+            "init_args": {"speaker": "spk0", "batch_size": 4, "pairs_per_clip": 2, "num_workers": 0},
+        },
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False},
+    }  # fmt: skip
+    head = fit_config(head_config, named_random_dataset, tmp_path, "styleunet", FAST, progress=False)
     path = pipeline_yaml(tmp_path / "gm.yaml", tiny_stages)
     spec = yaml.safe_load(path.read_text())
     spec["stages"]["expression"] = {"kind": "gmeg", "checkpoint": str(gmeg.checkpoint)}
+    spec["stages"]["renderer"] = {"kind": "styleunet_head", "checkpoint": str(head.checkpoint)}
     path.write_text(yaml.safe_dump(spec))
     pipeline = Pipeline.from_yaml(path)
-    result = pipeline.generate(
-        media["photo"], media["speech"], emotion_weights={"happy": 0.6, "surprised": 0.4}, samples=2
-    )
+    result = pipeline.generate(None, media["speech"], emotion_weights={"happy": 0.6, "surprised": 0.4}, samples=2)
     t = result.num_frames
-    assert result.frames.shape[:2] == (2, t) and result.coefficients["z_gm"].shape[:2] == (2, t)
+    assert result.frames.shape == (2, t, 3, 64, 64) and result.source is None  # no photo needed
+    assert result.coefficients["z_gm"].shape == (2, t, gmeg.model.hparams.latent_dim)
     happy = pipeline.generate(None, media["speech"], emotion="happy", render=False, seed=0)
     sad = pipeline.generate(None, media["speech"], emotion="sad", render=False, seed=0)
     assert not np.allclose(happy.coefficients["exp"], sad.coefficients["exp"])
