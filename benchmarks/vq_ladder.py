@@ -120,6 +120,68 @@ def score(vqig: Any, codebook: Any, pairs: list[dict], picture: Path | None) -> 
     return {k: float(torch.cat(v).mean()) for k, v in totals.items()} | {"pairs": len(pairs)}
 
 
+def train_vqig(
+    data_root: Path,
+    codebook_path: Path,
+    train_records: list[dict],
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 5e-4,
+    color_weight: float = 0.0,
+    seed: int = 0,
+    model_args: list[str] = (),
+) -> tuple[Any, float]:
+    """A VQIG of ``configs/tiny/vqig.yaml`` (GAN off, bf16-mixed) trained on the pairs of
+    ``train_records`` for ``steps`` steps; returns it (in eval mode) and the training seconds.
+    ``model_args``: ``KEY=VALUE`` init_args overrides. Also used by ``benchmarks/styleunet.py``."""
+    import lightning as L
+
+    from flowvq.datamodules import FramePairDataModule
+    from flowvq.lightning_modules.vqig import VQIG
+
+    L.seed_everything(seed)
+    data = FramePairDataModule(data_root, batch_size=batch_size, pairs_per_clip=1, seed=seed)
+    train_sampler = data.make_sampler("train")
+    config = yaml.safe_load((ROOT / "configs/tiny/vqig.yaml").read_text())["model"]["init_args"]
+    config.update(
+        codebook_checkpoint=str(codebook_path),
+        exp_dim=data.card.exp_dim,
+        pose_dim=data.card.pose_dim,
+        disc_start=10**9,
+        lr=lr,
+        color_weight=color_weight,
+        log_images=0,
+    )
+    for item in model_args:
+        key, _, value = item.partition("=")
+        if key not in config:
+            raise SystemExit(f"--model-arg {item!r}: {key!r} is not a VQIG init_arg of configs/tiny/vqig.yaml")
+        config[key] = yaml.safe_load(value)
+    vqig = VQIG(**config)
+    vqig.load_codebook(codebook_path)
+    loader = DataLoader(
+        Pairs(train_records, train_sampler, draws=10**4),
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=0,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision="bf16-mixed",
+        max_steps=steps,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    start = time.perf_counter()
+    trainer.fit(vqig, loader)
+    return vqig.eval(), time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="a SynthTalk root with frames (64 px)")
@@ -148,12 +210,9 @@ def main() -> None:
     from flowvq.data.shards import open_split
     from flowvq.datamodules import FramePairDataModule
     from flowvq.lightning_modules.vqgan import VQGAN
-    from flowvq.lightning_modules.vqig import VQIG
 
     name = args.name or ("codebook" if args.evaluate_only else args.rung)
     L.seed_everything(args.seed)
-    data = FramePairDataModule(args.data, batch_size=args.batch_size, pairs_per_clip=1, seed=args.seed)
-    train_sampler = data.make_sampler("train")
     eval_data = FramePairDataModule(args.data, batch_size=4, pairs_per_clip=4, seed=args.seed)
     eval_sampler = eval_data.make_sampler("test")  # fixed pairs (random=False)
     records = list(open_split(args.data, "train"))
@@ -171,45 +230,17 @@ def main() -> None:
     vqig = None
     seconds = 0.0
     if not args.evaluate_only:
-        config = yaml.safe_load((ROOT / "configs/tiny/vqig.yaml").read_text())["model"]["init_args"]
-        config.update(
-            codebook_checkpoint=str(args.codebook),
-            exp_dim=data.card.exp_dim,
-            pose_dim=data.card.pose_dim,
-            disc_start=10**9,
-            lr=args.lr,
-            color_weight=args.color_weight,
-            log_images=0,
+        vqig, seconds = train_vqig(
+            args.data,
+            args.codebook,
+            train_records,
+            args.steps,
+            args.batch_size,
+            args.lr,
+            args.color_weight,
+            args.seed,
+            args.model_arg,
         )
-        for item in args.model_arg:
-            key, _, value = item.partition("=")
-            if key not in config:
-                raise SystemExit(f"--model-arg {item!r}: {key!r} is not a VQIG init_arg of configs/tiny/vqig.yaml")
-            config[key] = yaml.safe_load(value)
-        vqig = VQIG(**config)
-        vqig.load_codebook(args.codebook)
-        loader = DataLoader(
-            Pairs(train_records, train_sampler, draws=10**4),
-            batch_size=args.batch_size,
-            shuffle=True,
-            collate_fn=collate,
-            num_workers=0,
-        )
-        trainer = L.Trainer(
-            accelerator="cpu",
-            precision="bf16-mixed",
-            max_steps=args.steps,
-            max_epochs=-1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-        )
-        start = time.perf_counter()
-        trainer.fit(vqig, loader)
-        seconds = time.perf_counter() - start
-        vqig.eval()
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows = {}

@@ -57,7 +57,7 @@ class EmotionMappingNetwork(L.LightningModule):
         num_emotions: emotions (filled from the dataset card by the CLI).
         latent_dim, style_dim, hidden_dim, shared_layers, branch_layers: the mapping network
             (StarGAN v2: 16, 64, 512, 4, 4).
-        encoder_channels, encoder_max_channels: the style encoder.
+        encoder_channels: widths of the style encoder's stages (each halves the resolution).
         mmd_weight: weight of the conditional MMD of the EMN's codes.
         code_weight: weight of the L2 on the encoder's codes.
         lr, weight_decay: AdamW for all three networks (StarGAN v2 trains its mapping
@@ -74,8 +74,7 @@ class EmotionMappingNetwork(L.LightningModule):
         hidden_dim: int = 512,
         shared_layers: int = 4,
         branch_layers: int = 4,
-        encoder_channels: int = 32,
-        encoder_max_channels: int = 512,
+        encoder_channels: tuple[int, ...] = (32, 64, 128, 256),
         mmd_weight: float = 1.0,
         code_weight: float = 1e-3,
         lr: float = 1e-4,
@@ -86,7 +85,7 @@ class EmotionMappingNetwork(L.LightningModule):
         self.save_hyperparameters()
         num_emotions = 8 if num_emotions is None else int(num_emotions)
         self.mapping = MappingNetwork(latent_dim, style_dim, hidden_dim, num_emotions, shared_layers, branch_layers)
-        self.encoder = StyleEncoder(resolution, style_dim, encoder_channels, encoder_max_channels)
+        self.encoder = StyleEncoder(resolution, style_dim, tuple(encoder_channels))
         self.classifier = torch.nn.Linear(style_dim, num_emotions)
 
     def setup(self, stage: str) -> None:

@@ -24,8 +24,13 @@ The EMN is read from ``emn_checkpoint`` in :meth:`setup` (frozen unless ``emn_tr
 without one (``null``) a freshly initialised EMN is used, and a log line says so: the tiny
 recipe and the tests train that way, a user trains the EMN first.
 
-z_gm: GMEG's per-frame latent ``(T, D)``. Until a GMEG checkpoint drives it, the ``z_gm_dim``
-channels receive zeros in training and wherever :meth:`render` is given ``z_gm=None``.
+z_gm: GMEG's per-frame latent ``(T, D)`` (:meth:`flowvq.lightning_modules.gmeg.GMEG.latent`).
+With ``gmeg_checkpoint``, :meth:`setup` computes each clip's latent of its real frames once
+(``GMEG.latent(mel, exp=exp)``, the posterior mean GMEG's docstring names for this use) and
+every training or scored frame gets its own frame's latent; ``z_gm_dim`` must equal GMEG's
+``latent_dim``. Without one, the ``z_gm_dim`` channels receive zeros (a stand-in of the same
+shape), as wherever :meth:`render` is given ``z_gm=None``. At inference pass
+``GMEG.latent(mel, emotion=...)[0]`` for the generated expression to :meth:`render`.
 
 References:
     GMTalker. https://arxiv.org/abs/2312.07669
@@ -64,7 +69,7 @@ from flowvq.nn.perceptual import ssim
 from flowvq.nn.styleunet import StyleUNet
 from flowvq.nn.vq_losses import VQLoss
 
-__all__ = ["StyleUNetHead", "read_fit_frames"]
+__all__ = ["StyleUNetHead", "clip_mel_windows", "read_fit_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +110,21 @@ def read_fit_frames(
     return {"exp": np.concatenate(exp), "pose": np.concatenate(pose), "landmarks": points}
 
 
+def clip_mel_windows(mel: np.ndarray, context: int, normalizer: Any) -> np.ndarray:
+    """Normalised mel windows ``(T, (2 context + 1) K, M)`` of a clip's ``mel (T, K, M)``: frames
+    t - context .. t + context around each frame, silence outside the clip (as the
+    CoefficientDataModule gives GMEG)."""
+    from flowvq.datamodules.base import SILENCE_LOG_MEL
+
+    frames = mel.shape[0]
+    around = np.arange(frames)[:, None] + np.arange(-context, context + 1)[None, :]  # (T, 2c+1)
+    inside = (around >= 0) & (around < frames)
+    windows = np.full((frames, 2 * context + 1, *mel.shape[1:]), SILENCE_LOG_MEL, dtype=np.float32)
+    windows[inside] = mel[around[inside]]
+    windows = windows.reshape(frames, -1, mel.shape[-1])  # (T, (2c+1) K, M)
+    return normalizer.normalize("mel", windows).astype(np.float32)
+
+
 class StyleUNetHead(L.LightningModule):
     """The person-specific head generator.
 
@@ -120,6 +140,8 @@ class StyleUNetHead(L.LightningModule):
         emn_checkpoint: an :class:`~flowvq.lightning_modules.emotion_mapping.EmotionMappingNetwork`
             checkpoint (read in :meth:`setup`); ``None``: a fresh EMN (said in a log line).
         emn_trainable: fine-tune the EMN with the generator (else frozen).
+        gmeg_checkpoint: a :class:`~flowvq.lightning_modules.gmeg.GMEG` checkpoint whose latent of
+            each frame feeds the ``z_gm_dim`` channels (``None``: zeros).
         latent_dim, style_dim, hidden_dim, shared_layers, branch_layers: the EMN's
             architecture; a checkpoint that differs is refused, naming both.
         pixel_weight, perceptual_weight, perceptual_weights_path, feature_match_weight,
@@ -145,6 +167,7 @@ class StyleUNetHead(L.LightningModule):
         decoder_ridge: float = 1e-3,
         emn_checkpoint: str | None = None,
         emn_trainable: bool = False,
+        gmeg_checkpoint: str | None = None,
         latent_dim: int = 16,
         style_dim: int = 64,
         hidden_dim: int = 512,
@@ -204,6 +227,7 @@ class StyleUNetHead(L.LightningModule):
         self.register_buffer("emn_loaded", torch.zeros((), dtype=torch.bool))
         self.register_buffer("decoder_error", torch.full((2,), float("nan")))  # held-out px: all, mouth
         self.register_buffer("train_batches", torch.zeros((), dtype=torch.long))
+        self._latents: dict[str, Tensor] | None = None  # clip_id -> (T, z_gm_dim), from gmeg_checkpoint
 
     def _make_decoder(self, kind: str) -> LandmarkDecoder:
         h = self.hparams
@@ -287,6 +311,52 @@ class StyleUNetHead(L.LightningModule):
         )
         return error
 
+    def gmeg_latents(self, path: str | Path, datamodule: Any) -> dict[str, Tensor]:
+        """``{clip_id: (T, z_gm_dim)}``: GMEG's latent of the real frames of the datamodule's clips."""
+        from flowvq.data.shards import ClipShards
+        from flowvq.lightning_modules.gmeg import GMEG
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"GMEG checkpoint {str(path)!r} does not exist: train it (`flowvq fit --config configs/gmeg.yaml`) "
+                "or set model.init_args.gmeg_checkpoint to null (zeros in the z_gm channels)"
+            )
+        gmeg = GMEG.load_from_checkpoint(path, map_location="cpu").eval()
+        width = int(gmeg.hparams.latent_dim)
+        if width != self.hparams.z_gm_dim:
+            raise ValueError(
+                f"GMEG checkpoint {str(path)!r} has latent_dim={width}, but this StyleUNetHead has "
+                f"z_gm_dim={self.hparams.z_gm_dim}: set model.init_args.z_gm_dim to {width}"
+            )
+        columns = int(gmeg.mel_columns) or gmeg.hparams.get("mel_per_frame", 4)
+        per_frame = datamodule.card.audio.mel_per_frame
+        context = (columns // per_frame - 1) // 2
+        if getattr(datamodule, "speaker", None) is not None:
+            clips = datamodule.speaker_clips()
+            locations = list(dict.fromkeys(clips["train"] + clips["val"]))
+        else:
+            locations = []
+            for split in datamodule.card.splits:
+                locations += [(split, i) for i in range(len(ClipShards(datamodule.root, split, validate=False)))]
+        norm = datamodule.normalizer
+        shards: dict[str, ClipShards] = {}
+        latents = {}
+        for split, index in locations:
+            shards.setdefault(split, ClipShards(datamodule.root, split, validate=False))
+            record = shards[split][index]
+            mel = torch.as_tensor(clip_mel_windows(record["mel"], context, norm), dtype=torch.float32)
+            exp = torch.as_tensor(norm.normalize("exp", record["exp"]), dtype=torch.float32)
+            latents[record["clip_id"]] = gmeg.latent(mel, exp=exp)[0].float().cpu()  # (T, Z)
+        log.warning("StyleUNetHead: GMEG latents of %d clips from %s feed the z_gm channels", len(latents), path)
+        return latents
+
+    def _batch_z_gm(self, batch: dict) -> Tensor | None:
+        if self._latents is None:
+            return None
+        frames = batch["target_frame"].tolist()
+        rows = [self._latents[clip][frame] for clip, frame in zip(batch["clip_id"], frames)]
+        return torch.stack(rows).to(self.device)
+
     def _pca_decoder(self, datamodule: Any) -> PCALandmarkDecoder:
         from flowvq.data.face import IBUG68_FROM_FACEMESH, ExpressionBasis
 
@@ -322,6 +392,8 @@ class StyleUNetHead(L.LightningModule):
             for name in ("exp", "pose"):
                 getattr(self, f"{name}_mean").copy_(torch.as_tensor(stats.mean[name]))
                 getattr(self, f"{name}_std").copy_(torch.as_tensor(stats.std[name]))
+        if self.hparams.gmeg_checkpoint and self._latents is None and datamodule is not None:
+            self._latents = self.gmeg_latents(self.hparams.gmeg_checkpoint, datamodule)
         if stage != "fit":
             return
         if card is not None and not bool(self.decoder.fitted):

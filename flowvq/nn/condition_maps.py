@@ -68,7 +68,7 @@ def rasterize_contours(landmarks: Tensor, size: int, width: float | None = None,
     """Anti-aliased contour channels of landmark sets.
 
     Points are laid along every segment of a channel's polylines every ``step`` pixels or
-    closer, each carrying its share of the segment's length, and splatted bilinearly: a pixel
+    closer, each carrying its share of the segment's length (trapezoid rule), and splatted bilinearly: a pixel
     then holds the line's coverage under a one-pixel tent filter (1 on the line, falling to 0
     one pixel away). A line ``width`` pixels wide is drawn so at ``size / round(width)`` and
     upsampled bilinearly (the same tent, ``width`` pixels wide; far cheaper than filtering at
@@ -104,7 +104,11 @@ def rasterize_contours(landmarks: Tensor, size: int, width: float | None = None,
     samples = int(math.ceil(float(length.max()) / step)) + 1 if length.numel() else 1
     t = torch.linspace(0, 1, samples, device=device)  # (K,)
     along = a[:, :, None] + t[:, None] * (b - a)[:, :, None] - 0.5  # (B, S, K, 2) pixel-centre coordinates
-    weight = (length / samples)[:, :, None].expand(-1, -1, samples)  # (B, S, K)
+    # trapezoid rule: points `spacing` apart, half weight at the ends (a vertex shared by two
+    # segments gets one full weight), so a line's density is one per pixel of length everywhere
+    ends = torch.ones(samples, device=device)
+    ends[0] = ends[-1] = 0.5
+    weight = (length / max(samples - 1, 1))[:, :, None] * ends  # (B, S, K)
     corner = along.floor()
     frac = along - corner
     channel = _CHANNEL.to(device)[None, :, None].expand_as(weight)

@@ -4,7 +4,7 @@
   emotion (StarGAN v2's unshared heads); an emotion-weights vector mixes the branches'
   outputs, so a blend of emotions is a blend of style codes and a one-hot vector is
   StarGAN v2's per-domain code.
-- :class:`StyleEncoder`: a frame to a style code (strided residual convolutions). One shared
+- :class:`StyleEncoder`: a frame to a style code (strided convolutions). One shared
   output head, unlike StarGAN v2's per-domain heads: the encoder must read the emotion from
   the pixels, so that a classifier on its codes measures something.
 - :func:`conditional_mmd`: the objective pairing them (see
@@ -18,10 +18,13 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from flowvq.nn.conv_encoder import ConvEncoder
 
 __all__ = ["MappingNetwork", "StyleEncoder", "check_emotion_weights", "conditional_mmd"]
 
@@ -88,44 +91,22 @@ class MappingNetwork(nn.Module):
         return torch.einsum("bk,bks->bs", weights.to(z.dtype), self.branches(z))
 
 
-class _ResidualDown(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, in_channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        residual = self.conv2(F.avg_pool2d(self.conv1(F.leaky_relu(x, 0.2)), 2))
-        residual = F.leaky_relu(residual, 0.2)
-        return (F.avg_pool2d(self.shortcut(x), 2) + residual) / math.sqrt(2)
-
-
 class StyleEncoder(nn.Module):
     """A frame ``(B, 3, H, W)`` in [-1, 1] -> style code ``(B, S)``.
 
+    The suite's :class:`~flowvq.nn.conv_encoder.ConvEncoder` (strided convolutions with
+    GroupNorm, global average pooling, a linear head), refusing frames of another size.
+
     Arguments:
-        image_size: side of the frames (a power of two >= 8).
+        image_size: side of the frames.
         style_dim: width of the code.
-        channels: width of the first layer (doubled per halving, capped at ``max_channels``).
-        max_channels: cap.
+        channels: widths of the stages (each halves the resolution).
     """
 
-    def __init__(self, image_size: int, style_dim: int = 64, channels: int = 32, max_channels: int = 512) -> None:
+    def __init__(self, image_size: int, style_dim: int = 64, channels: Sequence[int] = (32, 64, 128, 256)) -> None:
         super().__init__()
-        halvings = int(math.log2(image_size)) - 2
-        if 2 ** (halvings + 2) != image_size or halvings < 1:
-            raise ValueError(f"StyleEncoder needs a power-of-two image_size >= 8, got {image_size}")
-        self.image_size = image_size
-        blocks: list[nn.Module] = [nn.Conv2d(3, channels, 3, padding=1)]
-        width = channels
-        for _ in range(halvings):
-            out = min(width * 2, max_channels)
-            blocks.append(_ResidualDown(width, out))
-            width = out
-        blocks += [nn.LeakyReLU(0.2), nn.Conv2d(width, width, 4), nn.LeakyReLU(0.2)]  # 4x4 -> 1x1
-        self.body = nn.Sequential(*blocks)
-        self.head = nn.Linear(width, style_dim)
+        self.image_size = int(image_size)
+        self.body = ConvEncoder(3, tuple(channels), style_dim)
 
     def forward(self, images: Tensor) -> Tensor:
         if images.shape[-2:] != (self.image_size, self.image_size):
@@ -133,7 +114,7 @@ class StyleEncoder(nn.Module):
                 f"StyleEncoder is built for {self.image_size} px frames, got {tuple(images.shape[-2:])}: "
                 "set the DataModule's image_size to match"
             )
-        return self.head(self.body(images).flatten(1))
+        return self.body(images)
 
 
 def conditional_mmd(
