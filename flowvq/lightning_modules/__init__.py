@@ -13,6 +13,8 @@ _MODULES = {
     "VQIG": "flowvq.lightning_modules.vqig",
     "SyncNet": "flowvq.lightning_modules.syncnet",
     "FrameEmotionClassifier": "flowvq.lightning_modules.frame_emotion_classifier",
+    "EmotionMappingNetwork": "flowvq.lightning_modules.emotion_mapping",
+    "StyleUNetHead": "flowvq.lightning_modules.styleunet",
 }
 
 __all__ = list(_MODULES)
