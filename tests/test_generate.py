@@ -254,6 +254,7 @@ def test_paste_back_returns_the_photo_size(tiny_yaml, media, tmp_path, monkeypat
         ("no_face", "no face found"),
         ("junk_audio", "not a readable media file"),
         ("silent_audio", "silent"),
+        ("silent_audio_streamed", "silent"),
         ("unknown_emotion", "unknown emotion 'elated'"),
         ("missing_checkpoint", "does not exist"),
         ("video_reference", "cannot be measured from a video"),
@@ -269,6 +270,8 @@ def test_bad_input_is_one_line_and_exit_code_2(
         audio = media["junk"]
     elif case == "silent_audio":
         audio = media["silent"]
+    elif case == "silent_audio_streamed":  # found at the end of the stream: the half-written video goes
+        audio, extra = media["silent"], ["--stream", "true"]
     elif case == "unknown_emotion":
         extra = ["--emotion", "elated"]
     elif case == "missing_checkpoint":
@@ -281,6 +284,7 @@ def test_bad_input_is_one_line_and_exit_code_2(
     assert len(lines) == 1 and needle in lines[0], err
     if case == "missing_checkpoint":
         assert "nowhere.ckpt" in lines[0] and "'motion'" in lines[0]
+    assert not list((tmp_path / "out").glob("sample_*"))
 
 
 def test_previous_run_is_refused_unless_overwrite(tiny_yaml, media, tmp_path, monkeypatch, capsys):

@@ -11,6 +11,7 @@ first-frame latency.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -315,9 +316,15 @@ def _run_streaming(pipeline: Any, job: Job, out: Path, paste: bool, say: Any, qu
             if latency is None:
                 latency = time.perf_counter() - start
             bar.update(chunk.coefficients["exp"].shape[1] * job.samples)
-    finally:
+    except BaseException:
         bar.close()
-        files = [str(w.close()) for w in writers]
+        for writer in writers:  # no half-written videos left behind a failed run
+            with contextlib.suppress(Exception):
+                writer.close()
+            writer.path.unlink(missing_ok=True)
+        raise
+    bar.close()
+    files = [str(w.close()) for w in writers]
     total = time.perf_counter() - start
     coefficients = {key: np.concatenate(values, axis=1) for key, values in parts.items()}
     seeds = list(range(job.seed, job.seed + job.samples))
