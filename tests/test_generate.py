@@ -106,6 +106,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     frames = np.repeat(photo[None, ::4, ::4], int(SECONDS * 25), axis=0)
     write_video(folder / "clip.mp4", frames, audio=speech)
     write_wav(folder / "silent.wav", np.zeros(16000, np.float32))
+    write_wav(folder / "silent_long.wav", np.zeros(48000, np.float32))  # longer than a streamed chunk
     (folder / "junk.wav").write_bytes(b"this is not audio" * 100)
     return {p.stem if p.suffix != ".m4a" else "m4a": p for p in folder.iterdir()}
 
@@ -271,7 +272,7 @@ def test_bad_input_is_one_line_and_exit_code_2(
     elif case == "silent_audio":
         audio = media["silent"]
     elif case == "silent_audio_streamed":  # found at the end of the stream: the half-written video goes
-        audio, extra = media["silent"], ["--stream", "true"]
+        audio, extra = media["silent_long"], ["--stream", "true"]
     elif case == "unknown_emotion":
         extra = ["--emotion", "elated"]
     elif case == "missing_checkpoint":
