@@ -51,6 +51,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "history_noise0.6": dict(history_noise=0.6),
     "self_history0.5": dict(self_history=0.5),
     "self_history0.5+history_noise0.3": dict(self_history=0.5, history_noise=0.3),
+    # spline couplings: a frame's conditional can be multimodal (blink onsets; issue 13)
+    "self_history0.5+spline": dict(self_history=0.5, coupling="spline"),
     # the prior question (the paper prefers the t-mixture for small emotional datasets)
     "gauss_mixture": dict(prior="gaussian_mixture"),
     "gauss_mixture+history_noise0.3": dict(prior="gaussian_mixture", history_noise=0.3),
@@ -64,10 +66,23 @@ LONG = {"10s": 250, "60s": 1500}
 SAMPLES, TEMPERATURE, WINDOW = 4, 0.8, 32
 
 
-def select(model: Any, clip: dict[str, Any]) -> torch.Tensor:
-    """The modelled dims of a clip ``[T, D]`` (PoseFlow: pose + blink), in the units of samples."""
-    batch = {k: clip[k].unsqueeze(0) for k in ("exp", "pose")}
-    return model.from_model_units(model.select(batch)[0][0])
+def motion_statistics(model: Any, samples: torch.Tensor, truth: torch.Tensor) -> dict[str, Any]:
+    """Per-dim lag-1 / lag-10 autocorrelation of samples ``[N, T, D]`` and the ground truth ``[T, D]``,
+    and, where a dim is named ``blink``, the blink rate (closures past half shut, per second) of both."""
+    from flowvq.metrics.long_sequence import autocorrelation, event_rate
+
+    report = {
+        "names": model.feature_names,
+        "lag1": autocorrelation(samples, 1).tolist(),
+        "truth_lag1": autocorrelation(truth, 1).tolist(),
+        "lag10": autocorrelation(samples, 10).tolist(),
+        "truth_lag10": autocorrelation(truth, 10).tolist(),
+    }
+    if "blink" in model.feature_names:
+        d = model.feature_names.index("blink")
+        report["blink_rate"] = event_rate(samples[..., d] * model.coef_std[d] + model.coef_mean[d], 0.5)
+        report["truth_blink_rate"] = event_rate(truth[..., d] * model.coef_std[d] + model.coef_mean[d], 0.5)
+    return report
 
 
 def classify(classifier: Any, sequences: torch.Tensor) -> torch.Tensor:
@@ -75,11 +90,13 @@ def classify(classifier: Any, sequences: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: Any, clips: list[dict[str, Any]], classifier: Any, field: str) -> dict[str, Any]:
+def evaluate(
+    model: Any, clips: list[dict[str, Any]], classifier: Any, field: str, temperature: float = TEMPERATURE
+) -> dict[str, Any]:
     from flowvq.metrics.diversity import SampleDiversity
     from flowvq.metrics.lipsync import LipSyncCorrelation
-    from flowvq.metrics.long_sequence import autocorrelation, event_rate, sequence_report, tail_fraction
-    from flowvq.pipeline.flow_samples import sample_joined
+    from flowvq.metrics.long_sequence import sequence_report, tail_fraction
+    from flowvq.pipeline.flow_samples import modelled, sample_joined
 
     model.eval()
     clip_limit = model.hparams.output_clip
@@ -90,14 +107,14 @@ def evaluate(model: Any, clips: list[dict[str, Any]], classifier: Any, field: st
     lipsync, lipsync_truth, diversity = LipSyncCorrelation(), LipSyncCorrelation(), SampleDiversity()
     jaw = int(model.jaw_index)
     for index, clip in enumerate(clips):
-        truth = select(model, clip)
+        truth = modelled(model, clip)
         emotion = clip["emotion"] if labelled else None
         samples = model.sample(
             clip["mel"],
             emotion,
             intensity=max(clip["intensity"], 0),
             num_samples=SAMPLES,
-            temperature=TEMPERATURE,
+            temperature=temperature,
             seed=index,
         )  # (N, T, D)
         report = sequence_report(samples, truth, clip_limit)
@@ -132,21 +149,13 @@ def evaluate(model: Any, clips: list[dict[str, Any]], classifier: Any, field: st
     result["long"] = {}
     for name, emotion in emotions.items():
         for length, frames in LONG.items():
-            _, truth, samples = sample_joined(model, clips, frames, emotion, SAMPLES, TEMPERATURE, seed=frames)
+            _, truth, samples = sample_joined(model, clips, frames, emotion, SAMPLES, temperature, seed=frames)
             report = sequence_report(samples, truth, clip_limit, window=WINDOW)
             if labelled and classifier is not None:
                 segments = samples[:, : (frames // 250) * 250].reshape(-1, 250, samples.shape[-1])
                 report["emotion_accuracy"] = float((classify(classifier, segments) == emotion).float().mean())
             if not labelled:
-                report["lag1"] = autocorrelation(samples, 1).tolist()
-                report["truth_lag1"] = autocorrelation(truth, 1).tolist()
-                report["lag10"] = autocorrelation(samples, 10).tolist()
-                report["truth_lag10"] = autocorrelation(truth, 10).tolist()
-                if len(model.extra_index):
-                    blink = samples[..., -1] * model.coef_std[-1] + model.coef_mean[-1]
-                    blink_truth = truth[..., -1] * model.coef_std[-1] + model.coef_mean[-1]
-                    report["blink_rate"] = event_rate(blink, 0.5)
-                    report["truth_blink_rate"] = event_rate(blink_truth, 0.5)
+                report.update(motion_statistics(model, samples, truth))
             if length == "10s":
                 report["plot"] = (samples[:2].numpy(), truth.numpy())
             result["long"][f"{name}_{length}"] = report

@@ -17,6 +17,7 @@ FRAME_FLOWS = {
     "lu": dict(linear="lu"),
     "permutation": dict(linear="permutation"),
     "reverse": dict(linear="reverse"),
+    "spline": dict(linear="lu", coupling="spline", spline_bound=3.0),
 }
 NETS = {
     "student_t_gru": dict(prior="student_t_mixture"),
@@ -25,6 +26,7 @@ NETS = {
     "no_history": dict(prior="student_t_mixture", prev_frames=0),
     "recurrent_window_gru": dict(prior="student_t_mixture", recurrent_window=2),
     "recurrent_window_lstm": dict(prior="gaussian_mixture", recurrent="lstm", recurrent_window=3),
+    "gaussian_spline": dict(prior="gaussian", num_components=1, coupling="spline"),
 }
 
 

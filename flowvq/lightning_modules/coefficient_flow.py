@@ -7,6 +7,11 @@ ExpFlow and PoseFlow are configurations of :class:`CoefficientFlow`:
 - PoseFlow: ``field="pose"`` (+ ``extra_exp_names=["blink"]`` where the data has a blink
   dimension), ``prior="gaussian"``; pretrained on emotion-free shards (LRS3, or SynthTalk at
   CPU scale) and fine-tuned with ``init_from`` pointing at the pretrained checkpoint.
+- GMTalker's motion flow (NFMG): ``field="pose"``, ``extra_fields=["blink", "gaze"]`` (the
+  record's optional fields), ``prior="gaussian"``: head pose, blinks and gaze from a Gaussian
+  prior through the same conditional flow, conditioned on the audio and the previous motion,
+  pretrained on LRS3 and fine-tuned like PoseFlow (``configs/motion_flow*.yaml``). The paper
+  describes no architecture the flow lacks, so it is a configuration, not a class.
 
 Training maximises the teacher-forced log-likelihood of the DataModule's windows (reported as
 nats per dimension). At each validation it logs the NLL, and, on a few batches, samples N
@@ -34,8 +39,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from flowvq.data.card import DatasetCard, DatasetError
-from flowvq.data.schema import EMOTIONS, emotion_index
+from flowvq.data.card import DatasetCard, DatasetError, require_fields
+from flowvq.data.schema import EMOTIONS, GAZE_NAMES, OPTIONAL_FIELDS, POSE_NAMES, emotion_index
 from flowvq.lightning_modules.common import check_module_against_data, tensorboard
 from flowvq.lightning_modules.schedules import cosine_schedule
 from flowvq.metrics.diversity import SampleDiversity
@@ -43,6 +48,11 @@ from flowvq.metrics.lipsync import LipSyncCorrelation
 from flowvq.nn.flows import CoefficientFlowNet
 
 __all__ = ["CoefficientFlow", "LatentCode"]
+
+#: Dims each optional record field adds to the modelled vector (blink [T], gaze [T, 2]).
+FIELD_WIDTHS: dict[str, int] = {
+    name: 1 if len(spec.shape) == 1 else int(spec.shape[-1]) for name, spec in OPTIONAL_FIELDS.items()
+}
 
 
 @dataclass
@@ -73,6 +83,10 @@ class CoefficientFlow(LightningModule):
         field: ``"exp"`` (ExpFlow) or ``"pose"`` (PoseFlow).
         extra_exp_names: expression dims appended to the pose (PoseFlow's blink), by their
             names in the dataset card's ``exp_names``; resolved when training starts.
+        extra_fields: optional record fields appended after those (the motion flow's
+            ``["blink", "gaze"]``: 1 and 2 dims, see :mod:`flowvq.data.schema`); a dataset
+            without them (Deep3D imports, SynthTalk written before gaze) is refused, naming
+            the field.
         exp_dim, pose_dim, mel_bins, mel_per_frame, num_emotions: filled from the dataset
             card by the CLI.
         prior: ``"student_t_mixture"``, ``"gaussian_mixture"`` or ``"gaussian"``.
@@ -81,6 +95,9 @@ class CoefficientFlow(LightningModule):
         audio_features, audio_hidden, recurrent, recurrent_hidden: audio code size, audio
             encoder width, and the recurrent network.
         flow_layers, coupling_hidden, coupling_blocks, linear: the per-frame flow.
+        coupling: ``"affine"`` (the papers' Glow coupling) or ``"spline"`` (rational-quadratic
+            splines: a frame's conditional can be multimodal, e.g. blink onsets; see
+            :class:`~flowvq.nn.flows.ConditionalFrameFlow`).
         data_dropout, data_dropout_mode: previous-frame dropout in training (see
             :mod:`flowvq.nn.flows`).
         intensity_levels: intensity levels in the data (MEAD: 3).
@@ -116,6 +133,7 @@ class CoefficientFlow(LightningModule):
         self,
         field: Literal["exp", "pose"] = "exp",
         extra_exp_names: list[str] | None = None,
+        extra_fields: list[str] | None = None,
         exp_dim: int | None = None,
         pose_dim: int | None = None,
         mel_bins: int | None = None,
@@ -132,6 +150,7 @@ class CoefficientFlow(LightningModule):
         coupling_hidden: int = 128,
         coupling_blocks: int = 2,
         linear: Literal["lu", "permutation", "reverse"] = "lu",
+        coupling: Literal["affine", "spline"] = "affine",
         data_dropout: float = 0.0,
         data_dropout_mode: Literal["frame", "sequence"] = "frame",
         intensity_levels: int = 3,
@@ -158,6 +177,14 @@ class CoefficientFlow(LightningModule):
         extra = list(extra_exp_names or [])
         if field == "exp" and extra:
             raise ValueError("extra_exp_names only applies to field='pose' (e.g. PoseFlow's blink)")
+        fields = list(extra_fields or [])
+        if field == "exp" and fields:
+            raise ValueError("extra_fields only applies to field='pose' (e.g. the motion flow's blink and gaze)")
+        unknown = [name for name in fields if name not in FIELD_WIDTHS]
+        if unknown or len(set(fields)) != len(fields):
+            raise ValueError(
+                f"extra_fields={fields}: expected distinct names among the record's optional fields {list(FIELD_WIDTHS)}"
+            )
         size = exp_dim if field == "exp" else pose_dim
         if size is None or mel_bins is None:
             raise ValueError(
@@ -169,7 +196,7 @@ class CoefficientFlow(LightningModule):
         self.num_emotions = num_emotions or len(EMOTIONS)
         components = 1 if prior == "gaussian" else self.num_emotions
         anchor = None if neutral_emotion is None or prior == "gaussian" else emotion_index(neutral_emotion)
-        self.features = size + len(extra)
+        self.features = size + len(extra) + sum(FIELD_WIDTHS[name] for name in fields)
         self.net = CoefficientFlowNet(
             self.features,
             mel_bins,
@@ -194,6 +221,7 @@ class CoefficientFlow(LightningModule):
             recurrent_window=recurrent_window,
             self_history=self_history,
             self_history_spread=self_history_spread,
+            coupling=coupling,
         )
         # Filled from the dataset card in setup() and saved with the checkpoint, so a loaded
         # model can pick its blink dims and un-normalise its samples without the dataset.
@@ -254,6 +282,8 @@ class CoefficientFlow(LightningModule):
     def read_card(self, card: DatasetCard) -> None:
         """Resolve the blink dims and keep the normalisation of the modelled dims (setup calls this;
         call it yourself to use the model outside a Trainer)."""
+        fields = list(self.hparams.get("extra_fields") or [])
+        require_fields(card, fields, f"CoefficientFlow(extra_fields={fields})")
         extra = list(self.hparams.extra_exp_names or [])
         if extra:
             missing = [name for name in extra if name not in card.exp_names]
@@ -285,6 +315,9 @@ class CoefficientFlow(LightningModule):
                 index = self.extra_index.tolist()
                 mean = stats.pose_mean + [stats.exp_mean[i] for i in index]
                 std = stats.pose_std + [stats.exp_std[i] for i in index]
+                for name in fields:
+                    mean = mean + list(getattr(stats, f"{name}_mean"))
+                    std = std + list(getattr(stats, f"{name}_std"))
             self.coef_mean.copy_(torch.tensor(mean))
             self.coef_std.copy_(torch.tensor(std))
 
@@ -294,7 +327,16 @@ class CoefficientFlow(LightningModule):
             raise FileNotFoundError(f"init_from={path!r} does not exist: point it at the pretrained checkpoint")
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         theirs = checkpoint.get("hyper_parameters", {})
-        for key in ("field", "prior", "prev_frames", "flow_layers", "coupling_hidden", "recurrent_hidden"):
+        for key in (
+            "field",
+            "prior",
+            "prev_frames",
+            "flow_layers",
+            "coupling_hidden",
+            "recurrent_hidden",
+            "extra_fields",
+            "coupling",
+        ):
             if key in theirs and theirs[key] != self.hparams[key]:
                 raise ValueError(
                     f"init_from={path!r} was trained with {key}={theirs[key]!r}, this model has "
@@ -364,6 +406,15 @@ class CoefficientFlow(LightningModule):
             x = torch.cat([x, batch["exp"][..., self.extra_index]], -1)
             if prev is not None:
                 prev = torch.cat([prev, batch["prev_exp"][..., self.extra_index]], -1)
+        for name in self.hparams.get("extra_fields") or []:
+            if name not in batch:
+                raise DatasetError(
+                    f"the batch has no {name!r} (keys {sorted(batch)}): this model needs the record field {name!r}; "
+                    "use a dataset whose card lists it in `fields` (re-run `flowvq synth` or `flowvq preprocess`)"
+                )
+            x = torch.cat([x, batch[name].reshape(*x.shape[:2], -1).to(x)], -1)
+            if prev is not None:
+                prev = torch.cat([prev, batch[f"prev_{name}"].reshape(*prev.shape[:2], -1).to(prev)], -1)
         return x, prev
 
     def _components(self, batch: dict[str, Any]) -> Tensor | None:
@@ -772,10 +823,26 @@ class CoefficientFlow(LightningModule):
         card = getattr(getattr(self._trainer, "datamodule", None), "card", None) if self._trainer else None
         if card is not None:
             base = card.exp_names if self.hparams.field == "exp" else card.pose_names
-            names = list(base) + list(self.hparams.extra_exp_names or [])
+            names = list(base) + list(self.hparams.extra_exp_names or []) + self._field_names()
             if len(names) == self.features:
                 return names
-        return [f"{self.hparams.field}[{d}]" for d in range(self.features)]
+        return self.feature_names
+
+    def _field_names(self) -> list[str]:
+        names = []
+        for name in self.hparams.get("extra_fields") or []:
+            names += list(GAZE_NAMES) if name == "gaze" else [name]
+        return names
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the modelled dims, known without a dataset (PoseFlow's and the motion flow's:
+        yaw ... scale, the extra exp dims, blink, gaze_x, gaze_y)."""
+        if self.hparams.field == "exp":
+            return [f"exp[{d}]" for d in range(self.features)]
+        pose_dim = int(self.hparams.pose_dim)
+        pose = list(POSE_NAMES) if pose_dim == len(POSE_NAMES) else [f"pose[{d}]" for d in range(pose_dim)]
+        return pose + list(self.hparams.extra_exp_names or []) + self._field_names()
 
 
 def _drop_legacy_keys(weights: dict[str, Tensor], net: CoefficientFlowNet) -> dict[str, Tensor]:

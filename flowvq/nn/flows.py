@@ -48,6 +48,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,6 +60,7 @@ from nflows.transforms import (
     AffineCouplingTransform,
     CompositeTransform,
     LULinear,
+    PiecewiseRationalQuadraticCouplingTransform,
     RandomPermutation,
     ReversePermutation,
 )
@@ -102,6 +104,12 @@ class ConditionalFrameFlow(nn.Module):
             (a fixed random permutation) or ``"reverse"``.
         seed: seeds the random permutations so that two builds of the same config agree.
         scale_clamp: bound of each coupling's log-scale (see :class:`SoftClampAffineCoupling`).
+        coupling: ``"affine"`` (Glow's; given the other half, each dim is an affine map of
+            its latent, so a frame's conditional is unimodal) or ``"spline"`` (monotone
+            rational-quadratic splines, Durkan et al. 2019, on ``[-spline_bound,
+            spline_bound]`` with identity tails: multimodal conditionals, such as "the eyes
+            stay open, or a blink starts", and a bounded inverse).
+        spline_bins: bins of each spline.
 
     Example:
         >>> flow = ConditionalFrameFlow(4, 3, layers=2, hidden=8).eval()
@@ -121,8 +129,13 @@ class ConditionalFrameFlow(nn.Module):
         linear: Literal["lu", "permutation", "reverse"] = "lu",
         seed: int = 0,
         scale_clamp: float = 2.0,
+        coupling: Literal["affine", "spline"] = "affine",
+        spline_bins: int = 8,
+        spline_bound: float = 5.0,
     ) -> None:
         super().__init__()
+        if coupling not in ("affine", "spline"):
+            raise ValueError(f"coupling must be 'affine' or 'spline', got {coupling!r}")
         if features < 2:
             raise ValueError(f"a coupling flow needs at least 2 features, got {features}")
         if linear not in ("lu", "permutation", "reverse"):
@@ -143,13 +156,26 @@ class ConditionalFrameFlow(nn.Module):
             else:
                 steps.append(ReversePermutation(features))
             mask = (torch.arange(features) + index) % 2
-            steps.append(
-                SoftClampAffineCoupling(
-                    mask,
-                    lambda inputs, outputs: _coupling_net(inputs, outputs, hidden, context_features, blocks),
-                    clamp=scale_clamp,
+            if coupling == "affine":
+                steps.append(
+                    SoftClampAffineCoupling(
+                        mask,
+                        lambda inputs, outputs: _coupling_net(inputs, outputs, hidden, context_features, blocks),
+                        clamp=scale_clamp,
+                    )
                 )
-            )
+            else:
+                steps.append(
+                    PiecewiseRationalQuadraticCouplingTransform(
+                        mask,
+                        lambda inputs, outputs: _spline_net(
+                            inputs, outputs, hidden, context_features, blocks, spline_bins
+                        ),
+                        num_bins=spline_bins,
+                        tails="linear",
+                        tail_bound=spline_bound,
+                    )
+                )
         torch.random.set_rng_state(generator_state)
         self.transform = CompositeTransform(steps)
         self.features = features
@@ -169,6 +195,16 @@ def _coupling_net(inputs: int, outputs: int, hidden: int, context: int, blocks: 
     # and the invertible linears) and training starts stable.
     nn.init.zeros_(net.final_layer.weight)
     nn.init.zeros_(net.final_layer.bias)
+    return net
+
+
+def _spline_net(inputs: int, outputs: int, hidden: int, context: int, blocks: int, bins: int) -> nn.Module:
+    """A coupling net whose splines start as the identity: equal bins (zero widths and heights)
+    and unit slopes at the inner knots (the softplus inverse of 1 - nflows' minimum slope)."""
+    net = _coupling_net(inputs, outputs, hidden, context, blocks)
+    slope = math.log(math.expm1(1.0 - 1e-3))
+    with torch.no_grad():
+        net.final_layer.bias.view(-1, 3 * bins - 1)[:, 2 * bins :] = slope
     return net
 
 
@@ -208,7 +244,8 @@ class CoefficientFlowNet(nn.Module):
         self_history: fraction of training windows whose history is the network's own
             free-running sample near the ground truth (0: always the ground truth's);
             ``self_history_spread`` the std of the noise on the latents it decodes.
-        flow_layers, coupling_hidden, coupling_blocks, linear: the frame flow.
+        flow_layers, coupling_hidden, coupling_blocks, linear, coupling: the frame flow (see
+            :class:`ConditionalFrameFlow`).
         data_dropout: probability of hiding the previous frames in training.
         data_dropout_mode: ``"frame"`` (each frame's history on its own) or ``"sequence"``.
         intensity_levels: number of intensity levels (MEAD: 3); each gets a learned factor
@@ -251,6 +288,7 @@ class CoefficientFlowNet(nn.Module):
         recurrent_window: int | None = None,
         self_history: float = 0.0,
         self_history_spread: float = 0.5,
+        coupling: Literal["affine", "spline"] = "affine",
     ) -> None:
         super().__init__()
         if recurrent_window is not None and recurrent_window < 1:
@@ -281,7 +319,7 @@ class CoefficientFlowNet(nn.Module):
         self.recurrent = rnn(audio_features + history, recurrent_hidden, batch_first=True)
         self.context_features = recurrent_hidden + audio_features + history
         self.flow = ConditionalFrameFlow(
-            features, self.context_features, flow_layers, coupling_hidden, coupling_blocks, linear
+            features, self.context_features, flow_layers, coupling_hidden, coupling_blocks, linear, coupling=coupling
         )
         self.prior: LatentPrior = make_prior(
             prior, features, num_components, anchor=anchor, init_spread=prior_init_spread

@@ -21,6 +21,7 @@ __all__ = [
     "check_module_against_data_card",
     "concatenated",
     "load_flow",
+    "modelled",
     "plot_samples",
     "sample_joined",
     "whole_clips",
@@ -28,6 +29,16 @@ __all__ = [
 
 #: The longest clip :func:`whole_clips` reads whole (frames; longer ones are cut).
 MAX_CLIP_FRAMES = 2000
+#: Per-frame arrays of a clip: always, and where the dataset carries them (the motion flow's).
+CLIP_KEYS = ("exp", "pose", "mel", "energy")
+OPTIONAL_KEYS = ("blink", "gaze")
+
+
+def modelled(model: CoefficientFlow, clip: dict[str, Any]) -> torch.Tensor:
+    """The dims a model generates of a clip ``[T, D]`` (ExpFlow: exp; PoseFlow: pose + blink; the
+    motion flow: pose, blink, gaze), in the DataModule's normalised units, as its samples are."""
+    batch = {k: clip[k][None] for k in ("exp", "pose", *OPTIONAL_KEYS) if k in clip}
+    return model.from_model_units(model.select(batch)[0][0])
 
 
 def check_module_against_data_card(model: CoefficientFlow, card: DatasetCard, root: Path | str) -> None:
@@ -60,7 +71,8 @@ def whole_clips(
     root: Path | str, prev_frames: int, split: str = "test", audio_context: int = 2
 ) -> list[dict[str, Any]]:
     """Every clip of a split whole: normalised ``exp [T, E]``, ``pose [T, P]``, ``mel`` windows
-    ``[T, C, M]`` and audio ``energy [T]`` as the DataModule makes them, with the labels."""
+    ``[T, C, M]``, audio ``energy [T]`` (and ``blink [T]``, ``gaze [T, 2]`` where the dataset has
+    them) as the DataModule makes them, with the labels."""
     from flowvq.datamodules import CoefficientDataModule
 
     data = CoefficientDataModule(
@@ -76,7 +88,7 @@ def whole_clips(
     clips = []
     for batch in loader:
         valid = int(batch["mask"][0].sum())
-        clip = {k: batch[k][0, :valid] for k in ("exp", "pose", "mel", "energy")}
+        clip = {k: batch[k][0, :valid] for k in CLIP_KEYS + OPTIONAL_KEYS if k in batch}
         clip.update(emotion=int(batch["emotion"][0]), intensity=int(batch["intensity"][0]), clip_id=batch["clip_id"][0])
         clips.append(clip)
     return clips
@@ -95,7 +107,8 @@ def concatenated(clips: list[dict[str, Any]], frames: int, emotion: int | None =
     while total < frames:
         parts.append(chosen[len(parts) % len(chosen)])
         total += len(parts[-1]["exp"])
-    joined: dict[str, Any] = {k: torch.cat([p[k] for p in parts])[:frames] for k in ("exp", "pose", "mel", "energy")}
+    keys = [k for k in CLIP_KEYS + OPTIONAL_KEYS if k in parts[0]]
+    joined: dict[str, Any] = {k: torch.cat([p[k] for p in parts])[:frames] for k in keys}
     joined["intensity"] = max(chosen[0]["intensity"], 0)
     joined["emotion_matched"] = matched
     return joined
@@ -114,11 +127,11 @@ def sample_joined(
     :func:`concatenated`) from a clip start, at the joined clips' strongest intensity.
 
     Returns the joined clips, their ground truth ``[T, D]`` and the samples ``[N, T, D]``, in
-    the DataModule's normalised units (the modelled dims: PoseFlow's pose + blink).
+    the DataModule's normalised units (the modelled dims, :func:`modelled`).
     """
     index = None if emotion is None else emotion_index(emotion)
     joined = concatenated(clips, frames, index)
-    truth = model.from_model_units(model.select({"exp": joined["exp"][None], "pose": joined["pose"][None]})[0][0])
+    truth = modelled(model, joined)
     samples = model.sample(
         joined["mel"],
         emotion,
