@@ -56,8 +56,7 @@ class ModulatedConv2d(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.scale = 1 / math.sqrt(in_channels * kernel_size**2)  # equalised learning rate
         self.affine = nn.Linear(style_dim, in_channels)
-        nn.init.zeros_(self.affine.weight)
-        nn.init.ones_(self.affine.bias)
+        nn.init.ones_(self.affine.bias)  # StyleGAN2: scales start near 1
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.demodulate, self.upsample, self.activate = demodulate, upsample, activate
         self.padding = kernel_size // 2
