@@ -73,6 +73,11 @@ def render_grid(checkpoint: Path, data: Path, out: Path, count: int = 8, split: 
     return out
 
 
+def _score(stage: dict[str, Any], key: str, name: str, unit: str = "") -> str:
+    value = stage["val"].get(key)
+    return f"{name} {value:.3f}{unit}" if value is not None else "not validated (too few epochs)"
+
+
 class _Console:
     """One line per step, numbered."""
 
@@ -277,9 +282,9 @@ def demo(
     if "flows" in stages:
         epochs = {} if flow_epochs is None else {"trainer.max_epochs": flow_epochs}
         expflow = fit("expflow", {"model.init_args.emotion_classifier": classifier["checkpoint"], **epochs})
-        console(f"ExpFlow: val NLL {expflow['val'].get('val/nll')}, {expflow['seconds']:.0f} s")
+        console(f"ExpFlow: {_score(expflow, 'val/nll', 'val NLL')}, {expflow['seconds']:.0f} s")
         poseflow = fit("poseflow", epochs)
-        console(f"PoseFlow: val NLL {poseflow['val'].get('val/nll')}, {poseflow['seconds']:.0f} s")
+        console(f"PoseFlow: {_score(poseflow, 'val/nll', 'val NLL')}, {poseflow['seconds']:.0f} s")
         checkpoints.update(expression=Path(expflow["checkpoint"]), motion=Path(poseflow["checkpoint"]))
         from flowvq.pipeline.flow_samples import plot_samples
 
@@ -291,14 +296,16 @@ def demo(
         # validate once, at the end (the tiny configs validate every 10 epochs)
         image = {"trainer.max_epochs": image_epochs, "trainer.check_val_every_n_epoch": image_epochs}
         vqgan = fit("vqgan", image)
-        console(f"VQGAN codebook: val PSNR {vqgan['val'].get('val/psnr')} dB, {vqgan['seconds']:.0f} s")
+        console(f"VQGAN codebook: {_score(vqgan, 'val/psnr', 'val PSNR', ' dB')}, {vqgan['seconds']:.0f} s")
         vqig = fit(
             "vqig",
             {"model.init_args.codebook_checkpoint": vqgan["checkpoint"], **image},
         )
         picture = render_grid(Path(vqig["checkpoint"]), data, out / "vqig_frames.png")
         vqig["frames_png"] = str(picture)
-        console(f"VQIG: val PSNR {vqig['val'].get('val/psnr')} dB, {vqig['seconds']:.0f} s; held-out frames {picture}")
+        console(
+            f"VQIG: {_score(vqig, 'val/psnr', 'val PSNR', ' dB')}, {vqig['seconds']:.0f} s; held-out frames {picture}"
+        )
         checkpoints["renderer"] = Path(vqig["checkpoint"])
 
     if full:
