@@ -1,8 +1,8 @@
 """Every model under real DDP, through the CLI a user runs: two gloo ranks on the CPU.
 
-- every config in ``configs/tiny/`` fits for a few steps on two ranks, then ``flowvq test`` and
-  ``flowvq predict`` run on two ranks from the checkpoint it saved (a new model is covered by
-  adding its tiny config);
+- every config in ``configs/tiny/`` fits for a few steps on two ranks (a new model is covered by
+  adding its tiny config); the slow variant then runs ``flowvq test`` and ``flowvq predict`` on two
+  ranks from the checkpoint it saved;
 - a GAN step on two ranks equals a one-process step on the same global batch;
 - a validation figure logged on two ranks equals the one-process figure on the same data.
 """
@@ -75,25 +75,36 @@ def tiny_codebook(named_random_dataset: Path, tmp_path_factory: pytest.TempPathF
     return folder / "runs/tiny_vqgan/checkpoints/last.ckpt"
 
 
-@pytest.mark.parametrize("config", TINY, ids=lambda p: p.stem)
-def test_tiny_config_fits_tests_and_predicts_on_two_ranks(config, named_random_dataset, tiny_codebook, tmp_path):
-    common = ["--config", str(config), "--data.init_args.root", str(named_random_dataset)]
+def fit_on_two_ranks(config: Path, data: Path, codebook: Path, folder: Path) -> tuple[list[str], Path]:
+    """``flowvq fit`` of a tiny config for one epoch on two gloo ranks; the CLI arguments it used and its last.ckpt."""
+    common = ["--config", str(config), "--data.init_args.root", str(data)]
     common += small_overrides(config)
     common += ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
-    common += ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    common += ["--trainer.logger.init_args.save_dir", str(folder / "runs")]
     if "codebook_checkpoint" in config.read_text():
-        common += ["--model.init_args.codebook_checkpoint", str(tiny_codebook)]
+        common += ["--model.init_args.codebook_checkpoint", str(codebook)]
     fit = run_cli(
         ["fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1"]
         + ["--trainer.check_val_every_n_epoch", "1", "--trainer.log_every_n_steps", "1"],
-        cwd=tmp_path,
+        cwd=folder,
     )
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in fit.stdout + fit.stderr
-    (checkpoint,) = tmp_path.rglob("last.ckpt")
+    (checkpoint,) = folder.rglob("last.ckpt")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     # 12 train clips, 6 per rank, 2 per batch: 3 batches (the GANs step twice per batch once on)
     assert state["global_step"] >= 3 and state["epoch"] == 0, "the fit did not finish its epoch"
+    return common, checkpoint
 
+
+@pytest.mark.parametrize("config", TINY, ids=lambda p: p.stem)
+def test_tiny_config_fits_on_two_ranks(config, named_random_dataset, tiny_codebook, tmp_path):
+    fit_on_two_ranks(config, named_random_dataset, tiny_codebook, tmp_path)
+
+
+@pytest.mark.slow  # three two-rank launches per config (about 45-60 s each on 2 cores): `pytest -m slow`
+@pytest.mark.parametrize("config", TINY, ids=lambda p: p.stem)
+def test_tiny_config_tests_and_predicts_on_two_ranks(config, named_random_dataset, tiny_codebook, tmp_path):
+    common, checkpoint = fit_on_two_ranks(config, named_random_dataset, tiny_codebook, tmp_path)
     test = run_cli(["test", *common, "--ckpt_path", str(checkpoint), "--trainer.limit_test_batches", "1"], cwd=tmp_path)
     assert "test/" in test.stdout, test.stdout[-2000:]
 
