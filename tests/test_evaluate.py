@@ -85,3 +85,17 @@ def test_the_cli_command_reaches_evaluate(synth_tiny_root, tmp_path):
     # from the console this ValueError prints as one line with exit code 2 (tests/test_configs.py)
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         main(["evaluate", "--data", str(synth_tiny_root), "--split", "dev", "--out", str(tmp_path / "e")])
+
+
+def test_a_tiny_pipeline_gets_its_row(named_random_dataset, tmp_path, monkeypatch):
+    """A real pipeline (every stage fitted for two steps) scored with two samples per clip (15 s on 2 cores)."""
+    from test_generate import fit_stages, pipeline_yaml
+
+    monkeypatch.chdir(tmp_path)
+    stages = fit_stages(named_random_dataset, tmp_path / "stages")
+    config = pipeline_yaml(tmp_path / "pipeline.yaml", stages)
+    table = evaluate(config, named_random_dataset, "test", None, limit=2, samples=2, progress=False, name="tiny")
+    row = table.rows["tiny"]
+    assert math.isfinite(row["psnr"]) and 0 < row["ssim"] < 1
+    assert row["diversity"] > 0, "two samples of a flow differ"
+    assert table.counts["tiny"]["clips"] == 2 and set(table.rows) == {"tiny", SOURCE_COPY, GROUND_TRUTH}
