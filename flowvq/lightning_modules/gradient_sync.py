@@ -86,3 +86,22 @@ def average_gradients(optimizer: Any) -> None:
         if seen > 0:
             p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
         offset += n
+
+
+def step_optimizer(module: Any, optimizer: Any, loss: Tensor) -> None:
+    """One hand-made optimizer step of ``module`` (manual optimization): backward, the ranks'
+    mean gradient of exactly this optimizer's parameters, step; no stale gradient is left."""
+    optimizer.zero_grad(set_to_none=True)
+    module.manual_backward(loss)
+    average_gradients(optimizer)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # frees the memory, and no stale gradient lingers
+
+
+def discriminator_step(module: Any, optimizer: Any, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
+    """The discriminator's step of a GAN whose ``module.loss`` is a ``VQLoss``; its logs."""
+    module.toggle_optimizer(optimizer)
+    loss, logs = module.loss.discriminator_loss(real, fake.detach())
+    step_optimizer(module, optimizer, loss)
+    module.untoggle_optimizer(optimizer)
+    return logs

@@ -53,7 +53,11 @@ from flowvq.data.card import DatasetCard, DatasetError
 from flowvq.data.schema import EMOTIONS
 from flowvq.lightning_modules.common import check_module_against_data, tensorboard
 from flowvq.lightning_modules.emotion_mapping import MAPPING_KEYS
-from flowvq.lightning_modules.gradient_sync import average_gradients, own_gradient_sync
+from flowvq.lightning_modules.gradient_sync import (
+    discriminator_step,
+    own_gradient_sync,
+    step_optimizer,
+)
 from flowvq.lightning_modules.vqgan import frame_items, image_grid, psnr, require
 from flowvq.nn.condition_maps import (
     CONTOUR_GROUPS,
@@ -542,21 +546,10 @@ class StyleUNetHead(L.LightningModule):
         step = int(self.train_batches)
         self.toggle_optimizer(opt_g)
         loss, logs, out = self._losses(batch, step)
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        average_gradients(opt_g)
-        opt_g.step()
-        opt_g.zero_grad(set_to_none=True)
+        step_optimizer(self, opt_g, loss)
         self.untoggle_optimizer(opt_g)
         if self.loss.gan_active(step):
-            self.toggle_optimizer(opt_d)
-            d_loss, d_logs = self.loss.discriminator_loss(batch["target"], out["image"].detach())
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            average_gradients(opt_d)
-            opt_d.step()
-            opt_d.zero_grad(set_to_none=True)
-            self.untoggle_optimizer(opt_d)
+            d_logs = discriminator_step(self, opt_d, batch["target"], out["image"])
             logs.update(d_logs)
         self.train_batches += 1
         size = batch["target"].shape[0]

@@ -28,7 +28,11 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from flowvq.lightning_modules.gradient_sync import average_gradients, own_gradient_sync
+from flowvq.lightning_modules.gradient_sync import (
+    discriminator_step,
+    own_gradient_sync,
+    step_optimizer,
+)
 from flowvq.nn.quantizer import codebook_usage
 from flowvq.nn.vq_autoencoder import VQAutoencoder
 from flowvq.nn.vq_losses import VQLoss
@@ -201,24 +205,13 @@ class VQGAN(L.LightningModule):
         g_loss, g_logs = self.loss.generator_loss(
             images, recon, step, extra_loss=commit_loss, last_layer=self.autoencoder.last_layer
         )
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss)
-        average_gradients(opt_g)
-        opt_g.step()
-        opt_g.zero_grad(set_to_none=True)  # frees the memory, and no stale gradient lingers
+        step_optimizer(self, opt_g, g_loss)
         self.untoggle_optimizer(opt_g)
 
         logs = {f"train/{k}": v for k, v in g_logs.items()}
         logs["train/commit"] = commit_loss.detach()
         if self.loss.gan_active(step):
-            self.toggle_optimizer(opt_d)
-            d_loss, d_logs = self.loss.discriminator_loss(images, recon.detach())
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            average_gradients(opt_d)
-            opt_d.step()
-            opt_d.zero_grad(set_to_none=True)
-            self.untoggle_optimizer(opt_d)
+            d_logs = discriminator_step(self, opt_d, images, recon)
             logs.update({f"train/{k}": v for k, v in d_logs.items()})
         usage = codebook_usage(torch.bincount(indices.flatten(), minlength=self.hparams.codebook_size))
         logs["train/perplexity"] = usage["perplexity"]
