@@ -41,7 +41,7 @@ from torchmetrics import MeanMetric
 
 from flowvq.data.card import DatasetCard, DatasetError, require_fields
 from flowvq.data.schema import EMOTIONS, GAZE_NAMES, OPTIONAL_FIELDS, POSE_NAMES, emotion_index
-from flowvq.lightning_modules.common import check_module_against_data, tensorboard
+from flowvq.lightning_modules.common import check_module_against_data, record_mel_columns, tensorboard
 from flowvq.lightning_modules.schedules import cosine_schedule
 from flowvq.metrics.diversity import SampleDiversity
 from flowvq.metrics.lipsync import LipSyncCorrelation
@@ -254,16 +254,7 @@ class CoefficientFlow(LightningModule):
         if card is not None:
             self.read_card(card)
             datamodule = self.trainer.datamodule
-            context = getattr(datamodule, "audio_context", None)
-            if context is not None:
-                columns = (2 * int(context) + 1) * card.audio.mel_per_frame
-                if int(self.mel_columns) and int(self.mel_columns) != columns:
-                    raise DatasetError(
-                        f"this model was trained on mel windows of {int(self.mel_columns)} columns, the DataModule "
-                        f"gives {columns} (audio_context={context}, {card.audio.mel_per_frame} per frame): set "
-                        "data.init_args.audio_context to the training value"
-                    )
-                self.mel_columns.fill_(columns)
+            record_mel_columns(self, card, datamodule)
             have = getattr(datamodule, "prev_frames", None)
             if have is not None and have < self.hparams.prev_frames:
                 raise ValueError(

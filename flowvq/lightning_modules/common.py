@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from flowvq.data.card import DatasetCard, check_dims
+from flowvq.data.card import DatasetCard, DatasetError, check_dims
 
 __all__ = ["check_module_against_data", "confusion_figure", "tensorboard"]
 
@@ -65,3 +65,19 @@ def confusion_figure(matrix: np.ndarray, names: Sequence[str], title: str = "con
     axis.set_title(title)
     figure.tight_layout()
     return figure
+
+
+def record_mel_columns(module: Any, card: DatasetCard, datamodule: Any, what: str = "model") -> None:
+    """Record in ``module.mel_columns`` the width of the mel windows ``datamodule`` gives, refusing a
+    DataModule whose windows differ from the ones the module was trained on."""
+    context = getattr(datamodule, "audio_context", None)
+    if context is None:
+        return
+    columns = (2 * int(context) + 1) * card.audio.mel_per_frame
+    if int(module.mel_columns) and int(module.mel_columns) != columns:
+        raise DatasetError(
+            f"this {what} was trained on mel windows of {int(module.mel_columns)} columns, the DataModule "
+            f"gives {columns} (audio_context={context}, {card.audio.mel_per_frame} per frame): set "
+            "data.init_args.audio_context to the training value"
+        )
+    module.mel_columns.fill_(columns)

@@ -54,9 +54,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from flowvq.data.card import DatasetCard, DatasetError
+from flowvq.data.card import DatasetCard
 from flowvq.data.schema import EMOTIONS
-from flowvq.lightning_modules.common import check_module_against_data, tensorboard
+from flowvq.lightning_modules.common import check_module_against_data, record_mel_columns, tensorboard
 from flowvq.lightning_modules.schedules import cosine_schedule
 from flowvq.metrics.diversity import SampleDiversity
 from flowvq.metrics.interpolation import EPDV, EPPL, path_embeddings
@@ -204,16 +204,7 @@ class GMEG(LightningModule):
         card = check_module_against_data(self)
         if card is not None:
             self.read_card(card)
-            context = getattr(self.trainer.datamodule, "audio_context", None)
-            if context is not None:
-                columns = (2 * int(context) + 1) * card.audio.mel_per_frame
-                if int(self.mel_columns) and int(self.mel_columns) != columns:
-                    raise DatasetError(
-                        f"this GMEG was trained on mel windows of {int(self.mel_columns)} columns, the DataModule "
-                        f"gives {columns} (audio_context={context}, {card.audio.mel_per_frame} per frame): set "
-                        "data.init_args.audio_context to the training value"
-                    )
-                self.mel_columns.fill_(columns)
+            record_mel_columns(self, card, self.trainer.datamodule, "GMEG")
         path = self.hparams.emotion_classifier
         if path and not Path(path).is_file():  # fail now, not after the first training epoch
             raise FileNotFoundError(
