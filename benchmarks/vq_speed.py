@@ -101,9 +101,10 @@ def time_training(size: str, stage: str, repeats: int) -> list[dict[str, Any]]:
             batch = {"image": torch.rand(bs, 3, res, res) * 2 - 1}
         else:
             args = model_args(vqig_cfg)
-            args.update(DIMS[size], disc_start=0, codebook_checkpoint=None)
+            # the codebook's architecture from its stage-1 config (no checkpoint: speed only)
+            args.update(DIMS[size], disc_start=0, codebook_checkpoint=None, codebook_config=model_args(vqgan_cfg))
             model = VQIG(**args)
-            res, bs = args["resolution"], batch_size_of(vqig_cfg)
+            res, bs = model.hparams.resolution, batch_size_of(vqig_cfg)
             batch = {
                 "source": torch.rand(bs, 3, res, res) * 2 - 1,
                 "target": torch.rand(bs, 3, res, res) * 2 - 1,
@@ -142,7 +143,8 @@ def time_rendering(resolutions: list[int], batch_sizes: list[int], frames: int) 
     rows = []
     for resolution in resolutions:
         args = model_args(CONFIGS["paper"][1])
-        args.update(DIMS["paper"], resolution=resolution, codebook_checkpoint=None)
+        codebook = {**model_args(CONFIGS["paper"][0]), "resolution": resolution}
+        args.update(DIMS["paper"], codebook_checkpoint=None, codebook_config=codebook)
         torch.manual_seed(0)
         model = VQIG(**args).eval()
         source = torch.rand(3, resolution, resolution) * 2 - 1

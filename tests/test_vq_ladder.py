@@ -24,14 +24,6 @@ from flowvq.lightning_modules.vqig import VQIG
 
 RES = 32
 AE = dict(resolution=RES, channels=16, ch_mult=(1, 2, 2), num_res_blocks=1, codebook_size=32, codebook_dim=16)
-VQIG_AE = dict(
-    resolution=RES,
-    codebook_size=32,
-    codebook_dim=16,
-    codebook_channels=16,
-    codebook_ch_mult=(1, 2, 2),
-    codebook_res_blocks=1,
-)
 
 
 def one_pair() -> dict[str, torch.Tensor]:
@@ -83,7 +75,7 @@ def test_vqig_reaches_the_codebook_bound_on_one_pair() -> None:
     vqig = VQIG(
         exp_dim=16,
         pose_dim=6,
-        **VQIG_AE,
+        codebook_config=AE,  # the stage-1 hyperparameters, as a checkpoint gives them
         channels=16,
         ch_mult=(1, 2, 2),
         feature_dim=32,

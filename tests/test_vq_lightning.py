@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -36,6 +37,7 @@ TINY_VQIG = dict(
     codebook_channels=8,
     codebook_ch_mult=(1, 2, 2),
     codebook_res_blocks=1,
+    codebook_attention=True,
     channels=8,
     ch_mult=(1, 2, 2),
     feature_dim=16,
@@ -265,13 +267,16 @@ def test_vqig_ablation_fits_one_batch(flag: str, codebook_checkpoint: Path) -> N
     ],
 )
 def test_vqig_refuses_a_mismatched_codebook(override: dict, named: list[str], codebook_checkpoint: Path) -> None:
-    model = VQIG(**{**TINY_VQIG, **override}, codebook_checkpoint=str(codebook_checkpoint))
+    # refused where the stage-1 file is read: at construction when it exists, when training starts if not
     with pytest.raises(CodebookMismatchError) as error:
+        VQIG(**{**TINY_VQIG, **override}, codebook_checkpoint=str(codebook_checkpoint))
+    model = VQIG(**{**TINY_VQIG, **override}, codebook_checkpoint=None)
+    with pytest.raises(CodebookMismatchError) as late:
         model.load_codebook(codebook_checkpoint)
-    message = str(error.value)
-    assert str(codebook_checkpoint) in message
-    for text in named:
-        assert text in message
+    for message in (str(error.value), str(late.value)):
+        assert str(codebook_checkpoint) in message
+        for text in named:
+            assert text in message
     assert not bool(model.codebook_loaded)
 
 
@@ -279,6 +284,51 @@ def test_vqig_missing_codebook_checkpoint_is_a_clear_error(tmp_path: Path) -> No
     model = VQIG(**TINY_VQIG, codebook_checkpoint=str(tmp_path / "runs" / "last.ckpt"))
     with pytest.raises(FileNotFoundError, match="train stage 1 first"):
         trainer(1).fit(model, datamodule=RandomFrames(pairs=True))
+
+
+#: The generator's own arguments: the codebook's architecture comes from the stage-1 checkpoint.
+VQIG_ONLY = {k: v for k, v in TINY_VQIG.items() if k != "resolution" and not k.startswith("codebook_")}
+
+
+def test_vqig_reads_the_codebook_architecture_from_the_stage1_checkpoint(codebook_checkpoint: Path, tmp_path: Path):
+    # a config that instantiates before stage 1 has run: the generator is built when training starts
+    later = tmp_path / "stage1" / "last.ckpt"
+    model = VQIG(**VQIG_ONLY, codebook_checkpoint=str(later), disc_start=10**6)
+    assert model.net is None and model.hparams.codebook_size is None
+    later.parent.mkdir()
+    later.write_bytes(codebook_checkpoint.read_bytes())
+    fit = trainer(1, limit_train_batches=1, limit_val_batches=0)
+    fit.fit(model, datamodule=RandomFrames(pairs=True))
+    stage1 = torch.load(codebook_checkpoint, weights_only=False)
+    for key, name in (
+        ("resolution", "resolution"),
+        ("codebook_size", "codebook_size"),
+        ("ch_mult", "codebook_ch_mult"),
+    ):
+        assert list(np.atleast_1d(model.hparams[name])) == list(np.atleast_1d(stage1["hyper_parameters"][key]))
+    for name, value in model.net.autoencoder.state_dict().items():
+        torch.testing.assert_close(value, stage1["state_dict"][f"autoencoder.{name}"], msg=name)
+    # the VQIG checkpoint carries the architecture: it rebuilds and renders without the stage-1 file
+    path = tmp_path / "vqig.ckpt"
+    fit.save_checkpoint(path)
+    later.unlink()
+    reloaded = VQIG.load_from_checkpoint(path)
+    batch = next(iter(RandomFrames(pairs=True).train_dataloader()))
+    frames = reloaded.render(batch["source"][0], batch["target_exp"], batch["target_pose"])
+    model.eval()
+    with torch.no_grad():
+        expected = model.net(batch["source"][:1], batch["target_exp"], batch["target_pose"])["image"].clamp(-1, 1)
+    torch.testing.assert_close(frames, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_vqig_without_any_codebook_architecture_says_what_to_give() -> None:
+    with pytest.raises(ValueError, match="codebook_checkpoint.*or give resolution, codebook_channels, codebook_ch_mult"):
+        VQIG(**VQIG_ONLY, use_codebook=False)
+
+
+def test_vqig_given_codebook_arguments_are_checked_against_the_checkpoint(codebook_checkpoint: Path) -> None:
+    with pytest.raises(CodebookMismatchError, match="codebook_size=16.*configured for codebook_size=32"):
+        VQIG(**VQIG_ONLY, codebook_size=32, codebook_checkpoint=str(codebook_checkpoint))
 
 
 def test_vqig_checks_dataset_dims(codebook_checkpoint: Path) -> None:

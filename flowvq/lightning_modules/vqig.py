@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import lightning as L
@@ -37,9 +38,8 @@ from flowvq.lightning_modules.gradient_sync import (
     own_gradient_sync,
     step_optimizer,
 )
-from flowvq.lightning_modules.vqgan import ARCHITECTURE_KEYS, frame_items, image_grid, psnr, require
+from flowvq.lightning_modules.vqgan import ARCHITECTURE_KEYS, VQGAN, frame_items, image_grid, psnr, require
 from flowvq.nn.perceptual import ssim
-from flowvq.nn.vq_autoencoder import VQAutoencoder
 from flowvq.nn.vq_losses import VQLoss
 from flowvq.nn.vqig import VQIGNet
 
@@ -58,6 +58,21 @@ _HPARAM_OF = {
 }
 
 
+def _stage1_autoencoder(config: dict) -> tuple[torch.nn.Module, dict]:
+    """The autoencoder a VQGAN with these hyperparameters builds (quantizer options included) and the
+    VQGAN's full hyperparameters (its defaults filled in). Built without its losses' files: the
+    stage-1 perceptual weights need not exist where the VQIG renders."""
+    # Only VQGAN arguments: a CLI-run checkpoint also holds _class_path and _instantiator. The
+    # defaults come from the signature, not from the VQGAN's hparams, which LightningCLI replaces
+    # with the outer module's while it instantiates the VQIG.
+    parameters = inspect.signature(VQGAN.__init__).parameters.values()
+    full = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    full.update((k, v) for k, v in config.items() if k in full)
+    full = {k: (list(v) if isinstance(v, tuple) else v) for k, v in full.items()}
+    autoencoder = VQGAN(**{**full, "perceptual_weights_path": None}).autoencoder
+    return autoencoder, full
+
+
 class CodebookMismatchError(ValueError):
     """A stage-1 checkpoint whose codebook or resolution differ from what the VQIG is configured for."""
 
@@ -71,8 +86,14 @@ class VQIG(L.LightningModule):
             ``use_codebook: false``, nor to load a VQIG checkpoint).
         exp_dim, pose_dim: coefficient sizes (filled from the dataset card by the CLI).
         resolution, codebook_size, codebook_dim, codebook_channels, codebook_ch_mult,
-        codebook_res_blocks, codebook_attention: the stage-1 architecture this VQIG is built
-            for; a checkpoint that differs is refused, naming both.
+        codebook_res_blocks, codebook_attention: optional. The stage-1 architecture is read from
+            ``codebook_checkpoint`` (its hyperparameters); any of these that is given is checked
+            against it, and a checkpoint that differs is refused, naming both. Without a
+            checkpoint (``use_codebook: false`` from scratch, speed benchmarks) give all seven,
+            or ``codebook_config``.
+        codebook_config: the stage-1 VQGAN's hyperparameters (its ``__init__`` arguments). Filled
+            from ``codebook_checkpoint`` and saved with the VQIG, so that a VQIG checkpoint
+            rebuilds its codebook model without the stage-1 file; not normally set by hand.
         channels, ch_mult, num_res_blocks, feature_dim, motion_dim, fuse_blocks, num_heads,
         lookup: the generator (see :class:`~flowvq.nn.vqig.VQIGNet`).
         use_warp, use_fusion, use_cross_attention, use_codebook: ablation switches.
@@ -90,13 +111,14 @@ class VQIG(L.LightningModule):
         codebook_checkpoint: str | None = None,
         exp_dim: int | None = None,
         pose_dim: int | None = None,
-        resolution: int = 256,
-        codebook_size: int = 1024,
-        codebook_dim: int = 256,
-        codebook_channels: int = 128,
-        codebook_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4),
-        codebook_res_blocks: int = 2,
-        codebook_attention: bool = True,
+        resolution: int | None = None,
+        codebook_size: int | None = None,
+        codebook_dim: int | None = None,
+        codebook_channels: int | None = None,
+        codebook_ch_mult: tuple[int, ...] | None = None,
+        codebook_res_blocks: int | None = None,
+        codebook_attention: bool | None = None,
+        codebook_config: dict | None = None,
         channels: int = 64,
         ch_mult: tuple[int, ...] = (1, 2, 2, 4, 4),
         num_res_blocks: int = 1,
@@ -134,32 +156,24 @@ class VQIG(L.LightningModule):
                 f"VQIG needs exp_dim and pose_dim, got exp_dim={exp_dim}, pose_dim={pose_dim}: "
                 "`flowvq fit` fills them from the dataset card; in Python pass the card's sizes"
             )
-        autoencoder = VQAutoencoder(
-            resolution,
-            codebook_channels,
-            tuple(codebook_ch_mult),
-            codebook_res_blocks,
-            codebook_attention,
-            codebook_size,
-            codebook_dim,
-        )
-        self.net = VQIGNet(
-            autoencoder,
-            exp_dim,
-            pose_dim,
-            channels=channels,
-            ch_mult=tuple(ch_mult),
-            num_res_blocks=num_res_blocks,
-            feature_dim=feature_dim,
-            motion_dim=motion_dim,
-            fuse_blocks=fuse_blocks,
-            num_heads=num_heads,
-            use_warp=use_warp,
-            use_fusion=use_fusion,
-            use_cross_attention=use_cross_attention,
-            use_codebook=use_codebook,
-            lookup=lookup,
-        )
+        # The generator is built as soon as the stage-1 architecture is known: now (from
+        # codebook_config, the stage-1 file, or the seven codebook_* arguments), else in setup,
+        # once stage 1 has written its checkpoint (a config instantiates before stage 1 runs).
+        self.net: VQIGNet | None = None
+        config, source = codebook_config, "codebook_config"
+        if config is None and codebook_checkpoint and Path(codebook_checkpoint).is_file():
+            config, source = self._read_stage1(codebook_checkpoint)[0], f"codebook checkpoint {codebook_checkpoint!r}"
+        if config is None and all(self.hparams[k] is not None for k in _HPARAM_OF.values()):
+            config = {key: self.hparams[name] for key, name in _HPARAM_OF.items()}
+        if config is not None:
+            self._build(config, source)
+        elif not codebook_checkpoint:
+            missing = [name for name in _HPARAM_OF.values() if self.hparams[name] is None]
+            raise ValueError(
+                "VQIG reads the codebook's architecture from the stage-1 checkpoint: set "
+                "model.init_args.codebook_checkpoint to a VQGAN checkpoint (e.g. runs/tiny_vqgan/checkpoints/last.ckpt), "
+                f"or give {', '.join(missing)}"
+            )
         self.loss = VQLoss(
             pixel_weight=pixel_weight,
             perceptual_weight=perceptual_weight,
@@ -181,25 +195,13 @@ class VQIG(L.LightningModule):
 
     # ---------------------------------------------------------------- stage-1 checkpoint
 
-    def expected_architecture(self) -> dict:
-        h = self.hparams
-        return {
-            "resolution": h.resolution,
-            "channels": h.codebook_channels,
-            "ch_mult": list(h.codebook_ch_mult),
-            "num_res_blocks": h.codebook_res_blocks,
-            "attention": h.codebook_attention,
-            "codebook_size": h.codebook_size,
-            "codebook_dim": h.codebook_dim,
-        }
-
-    def load_codebook(self, path: str | Path) -> None:
-        """Copy the frozen encoder, codebook and decoder from a stage-1 VQGAN checkpoint.
+    @staticmethod
+    def _read_stage1(path: str | Path) -> tuple[dict, dict, dict]:
+        """The stage-1 checkpoint's VQGAN hyperparameters, its ``autoencoder.`` weights and the file's contents.
 
         Raises:
             FileNotFoundError: no file at ``path``.
-            CodebookMismatchError: the checkpoint's codebook size/dim, resolution or
-                autoencoder architecture differ from this VQIG's; the message names both.
+            CodebookMismatchError: not a VQGAN checkpoint.
         """
         path = Path(path)
         if not path.is_file():
@@ -210,25 +212,83 @@ class VQIG(L.LightningModule):
             )
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         hparams = dict(checkpoint.get("hyper_parameters", {}))
-        state = checkpoint.get("state_dict", {})
-        ours = self.expected_architecture()
-        if not hparams or not any(k.startswith("autoencoder.") for k in state):
+        prefix = "autoencoder."
+        weights = {k[len(prefix) :]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
+        if not weights or not all(k in hparams for k in ARCHITECTURE_KEYS):
             raise CodebookMismatchError(
                 f"{str(path)!r} is not a VQGAN codebook checkpoint (no autoencoder weights or hyperparameters); "
                 "point codebook_checkpoint at a checkpoint of flowvq.lightning_modules.vqgan.VQGAN"
             )
-        theirs = {k: (list(hparams[k]) if k == "ch_mult" else hparams[k]) for k in ARCHITECTURE_KEYS if k in hparams}
-        wrong = {k: (theirs[k], ours[k]) for k in ours if k in theirs and theirs[k] != ours[k]}
+        return hparams, weights, checkpoint
+
+    def _build(self, config: dict, source: str) -> None:
+        """Build the generator around the stage-1 autoencoder that ``config`` (VQGAN hyperparameters) describes,
+        after checking it against the codebook_* arguments given; record both in the hyperparameters."""
+        self._check_architecture(config, source)
+        # The VQGAN builds the autoencoder from its own hyperparameters, quantizer options included.
+        autoencoder, config = _stage1_autoencoder(config)
+        for key, name in _HPARAM_OF.items():
+            self.hparams[name] = config[key]
+        self.hparams["codebook_config"] = config
+        h = self.hparams
+        self.net = VQIGNet(
+            autoencoder,
+            h.exp_dim,
+            h.pose_dim,
+            channels=h.channels,
+            ch_mult=tuple(h.ch_mult),
+            num_res_blocks=h.num_res_blocks,
+            feature_dim=h.feature_dim,
+            motion_dim=h.motion_dim,
+            fuse_blocks=h.fuse_blocks,
+            num_heads=h.num_heads,
+            use_warp=h.use_warp,
+            use_fusion=h.use_fusion,
+            use_cross_attention=h.use_cross_attention,
+            use_codebook=h.use_codebook,
+            lookup=h.lookup,
+        )
+
+    def _check_architecture(self, theirs: dict, source: str) -> None:
+        """Refuse a stage-1 architecture that differs from the codebook_* arguments given (those not None)."""
+        theirs = {k: (list(theirs[k]) if k == "ch_mult" else theirs[k]) for k in ARCHITECTURE_KEYS if k in theirs}
+        ours = self.expected_architecture()
+        wrong = {k: (theirs[k], ours[k]) for k in ours if k in theirs and ours[k] is not None and theirs[k] != ours[k]}
         if wrong:
             have = ", ".join(f"{k}={v[0]}" for k, v in wrong.items())
             want = ", ".join(f"{k}={v[1]}" for k, v in wrong.items())
             fix = ", ".join(f"{_HPARAM_OF[k]}: {v[0]}" for k, v in wrong.items())
             raise CodebookMismatchError(
-                f"codebook checkpoint {str(path)!r} has {have}, but this VQIG is configured for {want}. "
-                f"Set model.init_args ({fix}) to match the checkpoint, or train a codebook with the VQIG's sizes"
+                f"{source} has {have}, but this VQIG is configured for {want}. Set model.init_args ({fix}) to "
+                "match it, or leave the codebook_* arguments out: the VQIG reads them from codebook_checkpoint"
             )
-        prefix = "autoencoder."
-        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+    def expected_architecture(self) -> dict:
+        """The stage-1 architecture this VQIG is built for (``None``: not given, read from the checkpoint)."""
+        h = self.hparams
+        return {
+            key: (list(h[name]) if name == "codebook_ch_mult" and h[name] is not None else h[name])
+            for key, name in _HPARAM_OF.items()
+        }
+
+    def load_codebook(self, path: str | Path) -> None:
+        """Copy the frozen encoder, codebook and decoder from a stage-1 VQGAN checkpoint (building
+        the generator first if its architecture was not known yet).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            CodebookMismatchError: the checkpoint's codebook size/dim, resolution or
+                autoencoder architecture differ from this VQIG's; the message names both.
+        """
+        hparams, weights, _ = self._read_stage1(path)
+        self._check_architecture(hparams, f"codebook checkpoint {str(path)!r}")
+        if self.net is None:
+            self._build(hparams, f"codebook checkpoint {str(path)!r}")
+        else:
+            # Same architecture (checked above); the frozen model is rebuilt as stage 1 built it, so that
+            # its quantizer options (EMA, lookup) are the checkpoint's whatever the VQIG was built from.
+            autoencoder, self.hparams["codebook_config"] = _stage1_autoencoder(hparams)
+            self.net.autoencoder = autoencoder.eval()
         self.net.autoencoder.load_state_dict(weights)
         self.net.autoencoder.requires_grad_(False)
         self.codebook_loaded.fill_(True)
@@ -243,13 +303,6 @@ class VQIG(L.LightningModule):
                 "VQIG",
                 getattr(datamodule, "root", None),
             )
-            size = getattr(datamodule, "image_size", card.frame_size)
-            if size and size != self.hparams.resolution:
-                raise ValueError(
-                    f"VQIG resolution={self.hparams.resolution} but the data gives {size} px frames "
-                    f"({card.name!r}): set data.init_args.image_size to {self.hparams.resolution}, or use a "
-                    "codebook and VQIG built for the data's frame size"
-                )
         if stage == "fit" and not bool(self.codebook_loaded):
             if self.hparams.codebook_checkpoint:
                 self.load_codebook(self.hparams.codebook_checkpoint)
@@ -258,6 +311,19 @@ class VQIG(L.LightningModule):
                     "VQIG needs the stage-1 codebook to train: set model.init_args.codebook_checkpoint to a "
                     "VQGAN checkpoint (e.g. runs/tiny_vqgan/checkpoints/last.ckpt)"
                 )
+        if self.net is None:
+            raise ValueError(
+                f"this VQIG has no generator yet: its codebook checkpoint {self.hparams.codebook_checkpoint!r} is read "
+                f"when training starts, and {stage!r} needs a trained VQIG: load one with VQIG.load_from_checkpoint "
+                "(or --ckpt_path), or fit first"
+            )
+        size = getattr(datamodule, "image_size", getattr(card, "frame_size", 0))
+        if size and size != self.hparams.resolution:
+            raise ValueError(
+                f"VQIG resolution={self.hparams.resolution} but the data gives {size} px frames "
+                f"({getattr(card, 'name', 'the data')!r}): set data.init_args.image_size to {self.hparams.resolution}, "
+                "or use a codebook and VQIG built for the data's frame size"
+            )
 
     # ---------------------------------------------------------------- training
 
