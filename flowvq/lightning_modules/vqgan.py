@@ -24,6 +24,8 @@ References:
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 from torch import Tensor
@@ -93,15 +95,28 @@ class VQGAN(L.LightningModule):
     Arguments:
         resolution: side of the square face crops (must match the dataset's ``frame_size``).
         channels, ch_mult, num_res_blocks, attention: encoder/decoder (see :class:`~flowvq.nn.vq_autoencoder.Encoder`).
+        norm_groups: GroupNorm groups in encoder and decoder; ``None``: up to 32, which at the
+            tiny widths (16-64 channels) is one or two channels per group, an instance norm that
+            removes each channel's image mean, where flat colours live (see
+            :func:`~flowvq.nn.vq_autoencoder.group_norm`).
         codebook_size, codebook_dim: K entries of D dims (1024 x 256 in the paper).
         ema_decay: EMA decay of the codebook.
         commitment_weight: beta of the commitment loss (0.25).
         kmeans_init: k-means initialisation of the codebook on the first batch.
         threshold_ema_dead_code: replace entries whose EMA usage falls below this (0 = never).
+        cosine_codebook: find the nearest entry by cosine similarity of l2-normalised vectors.
+        codebook_lookup_dim: factorised codes: look up and update the entries in this many dims
+            (a linear map down from ``codebook_dim`` and back; Yu et al. use 8-32); ``None``:
+            the entries are ``codebook_dim``-dim (see :class:`~flowvq.nn.quantizer.Quantizer`).
         pixel_weight, perceptual_weight, perceptual_weights_path, feature_match_weight,
         ssim_weight, disc_weight, disc_start, adaptive_gan_weight, disc_channels, disc_layers,
         disc_norm, color_weight, color_pool: the loss (see :class:`~flowvq.nn.vq_losses.VQLoss`).
         lr: learning rate of both Adam optimizers.
+        lr_decay_batches: cosine decay of both learning rates from ``lr`` to
+            ``lr * lr_min_fraction`` over this many training batches, constant after; 0 (default):
+            constant ``lr``. A short CPU run that ends with a decay reconstructs better than one
+            stopped at full rate (``benchmarks/results/vq_codebook.md``).
+        lr_min_fraction: the decayed learning rate as a fraction of ``lr``.
         betas: Adam betas (0.5, 0.9) as in taming.
         log_images: reconstructions logged per validation epoch (0 = none).
     """
@@ -113,12 +128,15 @@ class VQGAN(L.LightningModule):
         ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4),
         num_res_blocks: int = 2,
         attention: bool = True,
+        norm_groups: int | None = None,
         codebook_size: int = 1024,
         codebook_dim: int = 256,
         ema_decay: float = 0.8,
         commitment_weight: float = 0.25,
         kmeans_init: bool = False,
         threshold_ema_dead_code: float = 0.0,
+        cosine_codebook: bool = False,
+        codebook_lookup_dim: int | None = None,
         pixel_weight: float = 1.0,
         perceptual_weight: float = 1.0,
         perceptual_weights_path: str | None = None,
@@ -133,10 +151,17 @@ class VQGAN(L.LightningModule):
         color_weight: float = 0.0,
         color_pool: int = 8,
         lr: float = 1e-4,
+        lr_decay_batches: int = 0,
+        lr_min_fraction: float = 0.05,
         betas: tuple[float, float] = (0.5, 0.9),
         log_images: int = 8,
     ) -> None:
         super().__init__()
+        if lr_decay_batches < 0 or not 0.0 <= lr_min_fraction <= 1.0:
+            raise ValueError(
+                f"VQGAN lr_decay_batches={lr_decay_batches}, lr_min_fraction={lr_min_fraction}: expected "
+                "lr_decay_batches >= 0 (0 = constant learning rate) and 0 <= lr_min_fraction <= 1"
+            )
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.autoencoder = VQAutoencoder(
@@ -147,10 +172,13 @@ class VQGAN(L.LightningModule):
             attention,
             codebook_size,
             codebook_dim,
+            norm_groups=norm_groups,
             decay=ema_decay,
             commitment_weight=commitment_weight,
             kmeans_init=kmeans_init,
             threshold_ema_dead_code=threshold_ema_dead_code,
+            use_cosine_sim=cosine_codebook,
+            lookup_dim=codebook_lookup_dim,
         )
         self.loss = VQLoss(
             pixel_weight=pixel_weight,
@@ -194,11 +222,23 @@ class VQGAN(L.LightningModule):
         opt_d = torch.optim.Adam(self.loss.discriminator.parameters(), lr=lr, betas=betas)
         return [opt_g, opt_d]
 
+    def learning_rate(self, batch: int) -> float:
+        """The learning rate of both optimizers at training batch ``batch`` (cosine decay, see the arguments)."""
+        lr, span = self.hparams.lr, self.hparams.lr_decay_batches
+        if span <= 0:
+            return lr
+        floor = lr * self.hparams.lr_min_fraction
+        return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(batch, span) / span))
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         own_gradient_sync(self)  # one all-reduce per optimizer step, below (see the module docstring)
         images = require(batch, "image", "VQGAN")
         opt_g, opt_d = self.optimizers()
         step = int(self.train_batches)
+        if self.hparams.lr_decay_batches > 0:
+            for optimizer in (opt_g, opt_d):
+                for group in optimizer.param_groups:
+                    group["lr"] = self.learning_rate(step)
         recon, commit_loss, indices = self(images)
 
         self.toggle_optimizer(opt_g)
@@ -215,6 +255,7 @@ class VQGAN(L.LightningModule):
             logs.update({f"train/{k}": v for k, v in d_logs.items()})
         usage = codebook_usage(torch.bincount(indices.flatten(), minlength=self.hparams.codebook_size))
         logs["train/perplexity"] = usage["perplexity"]
+        logs["train/lr"] = torch.tensor(opt_g.param_groups[0]["lr"])
         self.train_batches += 1
         self.log_dict(logs, prog_bar=False, batch_size=images.shape[0])
         self.log("train/loss", g_logs["total"], prog_bar=True, batch_size=images.shape[0])

@@ -37,6 +37,11 @@ class Quantizer(nn.Module):
         use_cosine_sim: cosine-similarity codebook (l2-normalised codes) instead of Euclidean.
         rotation_trick: pass gradients through the quantizer with the rotation trick
             (arXiv 2410.06424) instead of the plain straight-through estimator.
+        lookup_dim: factorised codes (Yu et al., arXiv 2110.04627): a linear map takes each
+            D-dim feature to ``lookup_dim`` dims, the nearest entry is found and EMA-updated
+            there, and a second linear map takes it back to D. ``None`` (or D): no projection,
+            the entries are D-dim. With ``use_cosine_sim`` the lookup is on l2-normalised vectors.
+            :attr:`codebook` always gives the D-dim codes the decoder sees.
 
     Example:
         >>> q = Quantizer(dim=4, codebook_size=8).eval()
@@ -56,9 +61,16 @@ class Quantizer(nn.Module):
         threshold_ema_dead_code: float = 0.0,
         use_cosine_sim: bool = False,
         rotation_trick: bool = True,
+        lookup_dim: int | None = None,
     ) -> None:
         super().__init__()
+        if lookup_dim is not None and not 1 <= lookup_dim <= dim:
+            raise ValueError(
+                f"Quantizer lookup_dim={lookup_dim}: expected 1 <= lookup_dim <= dim={dim} (the factorised "
+                "lookup maps features down to lookup_dim), or None for a lookup in the full dim"
+            )
         self.dim = dim
+        self.lookup_dim = lookup_dim or dim
         self.codebook_size = codebook_size
         self.use_cosine_sim = use_cosine_sim
         self.vq = VectorQuantize(
@@ -71,6 +83,7 @@ class Quantizer(nn.Module):
             threshold_ema_dead_code=threshold_ema_dead_code,
             use_cosine_sim=use_cosine_sim,
             rotation_trick=rotation_trick,
+            codebook_dim=self.lookup_dim,
             straight_through=False,
             accept_image_fmap=True,
             # The module is built before DDP starts; :meth:`enable_distributed_sync` turns the
@@ -79,9 +92,19 @@ class Quantizer(nn.Module):
         )
 
     @property
-    def codebook(self) -> Tensor:
-        """The entries, (K, D)."""
+    def factorised(self) -> bool:
+        """Whether entries live in a ``lookup_dim`` space smaller than D (:attr:`lookup_codebook`)."""
+        return self.lookup_dim != self.dim
+
+    @property
+    def lookup_codebook(self) -> Tensor:
+        """The entries where the nearest one is found, (K, lookup_dim) (l2-normalised for a cosine codebook)."""
         return self.vq.codebook
+
+    @property
+    def codebook(self) -> Tensor:
+        """The codes the decoder sees, (K, D): the entries, mapped back to D when factorised."""
+        return self.vq.project_out(self.vq.codebook)
 
     def forward(self, z: Tensor, freeze_codebook: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Quantize a grid.
@@ -111,9 +134,12 @@ class Quantizer(nn.Module):
 
     def logits(self, z: Tensor) -> Tensor:
         """Similarity of every grid position to every entry, (B, h*w, K): the negative squared
-        distance (or the cosine similarity for a cosine codebook); argmax gives :meth:`nearest`."""
-        flat = rearrange(z, "b d h w -> b (h w) d").float()
-        codebook = self.codebook.float()
+        distance (or the cosine similarity for a cosine codebook), in the lookup space when
+        factorised; argmax gives :meth:`nearest`."""
+        flat = rearrange(z, "b d h w -> b (h w) d")
+        if self.factorised:
+            flat = self.vq.project_in(flat)
+        flat, codebook = flat.float(), self.lookup_codebook.float()
         if self.use_cosine_sim:
             return F.normalize(flat, dim=-1) @ F.normalize(codebook, dim=-1).t()  # (B, N, K)
         return -torch.cdist(flat, codebook.unsqueeze(0).expand(flat.shape[0], -1, -1)).pow(2)  # (B, N, K)

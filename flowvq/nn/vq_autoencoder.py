@@ -37,22 +37,29 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(x.contiguous())
 
 
-def group_norm(channels: int) -> GroupNorm:
-    """GroupNorm with up to 32 groups that divide ``channels`` (tiny configs use 8 or 16 channels)."""
-    return GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+def group_norm(channels: int, groups: int | None = None) -> GroupNorm:
+    """GroupNorm with ``gcd(groups, channels)`` groups (``groups`` default 32, as in taming).
+
+    At 16 or 32 channels the default gives one channel per group: an instance norm, which takes
+    every channel's mean over the image away, and with it the absolute colour and brightness of
+    flat regions (``benchmarks/results/vq_codebook.md``); fewer groups keep them.
+    """
+    return GroupNorm(math.gcd(32 if groups is None else groups, channels), channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
     """Pre-activation residual block: (norm, SiLU, 3x3 conv) twice, 1x1 skip when widths differ."""
 
-    def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0, groups: int | None = None
+    ) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
         self.block = nn.Sequential(
-            group_norm(in_channels),
+            group_norm(in_channels, groups),
             nn.SiLU(),
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
-            group_norm(out_channels),
+            group_norm(out_channels, groups),
             nn.SiLU(),
             nn.Dropout(dropout),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
@@ -66,9 +73,9 @@ class ResnetBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Single-head spatial self-attention with a residual connection (lowest resolution only)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, groups: int | None = None) -> None:
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
 
@@ -90,6 +97,7 @@ class Encoder(nn.Module):
         out_channels: channels of the output grid (the codebook dim for the VQGAN).
         attention: self-attention in the middle block (at the lowest resolution).
         in_channels: image channels.
+        norm_groups: GroupNorm groups (see :func:`group_norm`; ``None``: up to 32).
     """
 
     def __init__(
@@ -100,22 +108,25 @@ class Encoder(nn.Module):
         out_channels: int = 256,
         attention: bool = True,
         in_channels: int = 3,
+        norm_groups: int | None = None,
     ) -> None:
         super().__init__()
+        g = norm_groups
         widths = [channels * m for m in ch_mult]
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1)]
         width = widths[0]
         for level, level_width in enumerate(widths):
             for _ in range(num_res_blocks):
-                layers.append(ResnetBlock(width, level_width))
+                layers.append(ResnetBlock(width, level_width, groups=g))
                 width = level_width
             if level < len(widths) - 1:
                 # Strided conv halves the grid; asymmetric padding keeps even sizes exact.
                 layers += [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(width, width, 3, stride=2)]
-        layers.append(ResnetBlock(width))
+        layers.append(ResnetBlock(width, groups=g))
         if attention:
-            layers.append(AttentionBlock(width))
-        layers += [ResnetBlock(width), group_norm(width), nn.SiLU(), nn.Conv2d(width, out_channels, 3, padding=1)]
+            layers.append(AttentionBlock(width, g))
+        layers += [ResnetBlock(width, groups=g), group_norm(width, g), nn.SiLU()]
+        layers.append(nn.Conv2d(width, out_channels, 3, padding=1))
         self.layers = nn.Sequential(*layers)
         self.downsampling = 2 ** (len(ch_mult) - 1)
 
@@ -126,8 +137,8 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Feature grid (B, in_channels, h, w) -> image (B, 3, h * 2^(L-1), w * 2^(L-1)), unbounded.
 
-    Mirrors :class:`Encoder` (same ``channels``, ``ch_mult``, ``num_res_blocks``), with one
-    more ResNet block per level as in taming.
+    Mirrors :class:`Encoder` (same ``channels``, ``ch_mult``, ``num_res_blocks``, ``norm_groups``),
+    with one more ResNet block per level as in taming.
     """
 
     def __init__(
@@ -138,21 +149,23 @@ class Decoder(nn.Module):
         in_channels: int = 256,
         attention: bool = True,
         out_channels: int = 3,
+        norm_groups: int | None = None,
     ) -> None:
         super().__init__()
+        g = norm_groups
         widths = [channels * m for m in reversed(ch_mult)]
         width = widths[0]
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), ResnetBlock(width)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), ResnetBlock(width, groups=g)]
         if attention:
-            layers.append(AttentionBlock(width))
-        layers.append(ResnetBlock(width))
+            layers.append(AttentionBlock(width, g))
+        layers.append(ResnetBlock(width, groups=g))
         for level, level_width in enumerate(widths):
             for _ in range(num_res_blocks + 1):
-                layers.append(ResnetBlock(width, level_width))
+                layers.append(ResnetBlock(width, level_width, groups=g))
                 width = level_width
             if level < len(widths) - 1:
                 layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(width, width, 3, padding=1)]
-        layers += [group_norm(width), nn.SiLU()]
+        layers += [group_norm(width, g), nn.SiLU()]
         self.layers = nn.Sequential(*layers)
         self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
 
@@ -173,6 +186,7 @@ class VQAutoencoder(nn.Module):
         channels, ch_mult, num_res_blocks, attention: see :class:`Encoder`.
         codebook_size: number of codebook entries (1024 in the paper).
         codebook_dim: dimension of each entry and of the latent grid (256 in the paper).
+        norm_groups: GroupNorm groups of encoder and decoder (``None``: up to 32, see :func:`group_norm`).
         quantizer_kwargs: passed to :class:`~flowvq.nn.quantizer.Quantizer` (EMA decay,
             dead-code threshold, k-means init, commitment weight).
 
@@ -192,6 +206,7 @@ class VQAutoencoder(nn.Module):
         attention: bool = True,
         codebook_size: int = 1024,
         codebook_dim: int = 256,
+        norm_groups: int | None = None,
         **quantizer_kwargs,
     ) -> None:
         super().__init__()
@@ -203,7 +218,9 @@ class VQAutoencoder(nn.Module):
             )
         self.resolution = resolution
         self.latent_size = resolution // factor
-        self.encoder = Encoder(channels, ch_mult, num_res_blocks, codebook_dim, attention)
+        if norm_groups is not None and norm_groups < 1:
+            raise ValueError(f"norm_groups={norm_groups}: expected a positive number of GroupNorm groups, or None")
+        self.encoder = Encoder(channels, ch_mult, num_res_blocks, codebook_dim, attention, norm_groups=norm_groups)
         self.quantizer = Quantizer(codebook_dim, codebook_size, **quantizer_kwargs)
         self.decoder_config = {
             "channels": channels,
@@ -211,6 +228,7 @@ class VQAutoencoder(nn.Module):
             "num_res_blocks": num_res_blocks,
             "in_channels": codebook_dim,
             "attention": attention,
+            "norm_groups": norm_groups,
         }
         self.decoder = Decoder(**self.decoder_config)
 
