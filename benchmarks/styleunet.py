@@ -8,9 +8,14 @@ Parts (each writes its section of ``benchmarks/results/styleunet.json``; ``--par
 
 - ``decoder``: the coefficient -> landmark decoder's error on the speaker's held-out clips
   (pixels at the frame size);
+- ``signal``: how much of the emotion SynthTalk's frames carry beyond the condition maps: on
+  the speaker's held-out clips, R^2 of the expression coefficients (and of the wrinkle
+  strengths they draw) recovered linearly from the landmarks and pose, and the emotion
+  accuracy of a logistic regression on the landmarks and pose against one on ``exp``;
 - ``emn``: the Emotion Mapping Network checkpoint on the card's ``test`` speakers: accuracy of
-  its emotion classifier on the style encoder's codes of real frames, and on EMN codes of
-  each emotion (is a code mapped from e classified as e);
+  its emotion classifier on the style encoder's codes of real frames (per frame, per clip,
+  per speaker, per emotion), and on EMN codes of each emotion (is a code mapped from e
+  classified as e);
 - ``quality``: a StyleUNetHead (``configs/tiny/styleunet.yaml``, GAN off, bf16-mixed) and VQIGs
   (``benchmarks/vq_ladder.py``'s, with and without the codebook) trained for the same steps
   and batch size on the speaker's training clips; scored on fixed pairs of its held-out clips
@@ -178,30 +183,130 @@ def part_emn(args: argparse.Namespace) -> dict[str, Any]:
     emn = EmotionMappingNetwork.load_from_checkpoint(args.emn, map_location="cpu").eval()
     dm = FrameDataModule(args.data, batch_size=32, frames_per_clip=4, image_size=emn.hparams.resolution)
     dm.setup("test")
-    true, predicted, mapped_true, mapped_predicted = [], [], [], []
+    true, probabilities, mapped_true, mapped_predicted, clips, speakers = [], [], [], [], [], []
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for batch in dm.test_dataloader():
             codes = emn.encoder(batch["image"])
             true.append(batch["emotion"])
-            predicted.append(emn.classifier(codes).argmax(-1))
+            probabilities.append(emn.classifier(codes).softmax(-1))
+            clips += list(batch["clip_id"])
+            speakers += list(batch["speaker"])
             labels = torch.arange(len(EMOTIONS)).repeat(8)  # 8 codes per emotion per batch
             mapped = emn.mapped_codes(labels, generator)
             mapped_true.append(labels)
             mapped_predicted.append(emn.classifier(mapped).argmax(-1))
-    true, predicted = torch.cat(true), torch.cat(predicted)
+    true, probabilities = torch.cat(true), torch.cat(probabilities)
+    predicted = probabilities.argmax(-1)
     mapped_true, mapped_predicted = torch.cat(mapped_true), torch.cat(mapped_predicted)
     per_emotion = {
         name: float((mapped_predicted[mapped_true == i] == i).float().mean()) for i, name in enumerate(EMOTIONS)
     }
+    clip_correct = []  # a clip's emotion: the argmax of its frames' mean probabilities
+    for clip in dict.fromkeys(clips):
+        rows = torch.tensor([c == clip for c in clips])
+        clip_correct.append(float(probabilities[rows].mean(0).argmax() == true[rows][0]))
+    speaker_array = np.array(speakers)
     return {
         "checkpoint": str(args.emn),
+        "encoder_head": emn.hparams.get("encoder_head", "mean"),
         "test_speakers": dm.card.speakers.get("test", []),
         "frames": int(true.numel()),
+        "clips": len(clip_correct),
         "encoder_accuracy": float((true == predicted).float().mean()),
+        "encoder_clip_accuracy": float(np.mean(clip_correct)),
+        "encoder_accuracy_per_speaker": {
+            s: float((true == predicted)[torch.from_numpy(speaker_array == s)].float().mean())
+            for s in sorted(set(speakers))
+        },
+        "encoder_accuracy_per_emotion": {
+            name: float((predicted[true == i] == i).float().mean())
+            for i, name in enumerate(EMOTIONS)
+            if (true == i).any()
+        },
         "chance": float(torch.bincount(true).max() / true.numel()),
         "mapped_accuracy": float((mapped_true == mapped_predicted).float().mean()),
         "mapped_accuracy_per_emotion": per_emotion,
+    }
+
+
+def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    mean, std = train.mean(0), train.std(0) + 1e-8
+    return [(x - mean) / std for x in (train, *others)]
+
+
+def ridge(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, alpha: float = 1e-2) -> np.ndarray:
+    """Linear least squares with a small ridge on standardised features."""
+    a, b = _standardise(train_x, test_x)
+    a, b = np.c_[a, np.ones(len(a))], np.c_[b, np.ones(len(b))]
+    weights = np.linalg.solve(a.T @ a + alpha * len(a) * np.eye(a.shape[1]), a.T @ train_y)
+    return b @ weights
+
+
+def logistic_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+    """Held-out accuracy of a multinomial logistic regression (L2 1e-3, L-BFGS) on standardised features."""
+    a, b = (torch.from_numpy(x).float() for x in _standardise(train_x, test_x))
+    labels = torch.from_numpy(train_y).long()
+    layer = torch.nn.Linear(a.shape[1], int(max(train_y.max(), test_y.max())) + 1)
+    optimiser = torch.optim.LBFGS(layer.parameters(), max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(layer(a), labels) + 1e-3 * layer.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        return float((layer(b).argmax(-1).numpy() == test_y).mean())
+
+
+def part_signal(args: argparse.Namespace) -> dict[str, Any]:
+    """How much of a frame's emotion the condition maps already carry, on one SynthTalk speaker.
+
+    SynthTalk renders a frame from the speaker, ``exp`` and ``pose`` only, wrinkles included
+    (``wrinkle_strengths(exp, age)``); the head's condition maps are drawn from landmarks
+    decoded from the same ``exp`` and ``pose``. Whatever of ``exp`` a linear map recovers from
+    the landmarks and pose is therefore in the condition maps, and the emotion label can add
+    to the frame only what is not. Fitted on the speaker's training clips, scored on its
+    held-out clips (the head's split), every frame.
+    """
+    from flowvq.data.schema import EMOTIONS
+    from flowvq.data.synth.geometry import WRINKLE_GROUPS
+    from flowvq.data.synth.render import wrinkle_strengths
+
+    dm = datamodule(args)
+    dm.setup("fit")
+    records = speaker_records(dm)
+    names = dm.card.exp_names
+
+    def arrays(part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = records[part]
+        points = np.concatenate([r["landmarks"].reshape(len(r["exp"]), -1) for r in rows])
+        pose = np.concatenate([r["pose"] for r in rows])
+        # the rotation mixes coordinates: landmarks, pose and their products with the angles
+        geometry = np.concatenate([points, pose, (points[:, :, None] * pose[:, None, :3]).reshape(len(points), -1)], 1)
+        exp = np.concatenate([r["exp"] for r in rows])
+        emotion = np.concatenate([np.full(len(r["exp"]), int(r["emotion"])) for r in rows])
+        return geometry.astype(np.float64), exp.astype(np.float64), emotion
+
+    (g_fit, e_fit, y_fit), (g_held, e_held, y_held) = arrays("train"), arrays("val")
+
+    def r2(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        return 1 - ((prediction - truth) ** 2).mean(0) / np.maximum(truth.var(0), 1e-12)
+
+    exp_hat = ridge(g_fit, e_fit, g_held)
+    wrinkles, wrinkles_hat = wrinkle_strengths(e_held, 0.0), wrinkle_strengths(exp_hat, 0.0)
+    return {
+        "speaker": args.speaker,
+        "frames_fit": int(len(e_fit)),
+        "frames_held_out": int(len(e_held)),
+        "exp_r2_from_landmarks": dict(zip(names, map(float, r2(exp_hat, e_held)))),
+        "wrinkle_r2_from_landmarks": dict(zip(WRINKLE_GROUPS, map(float, r2(wrinkles_hat, wrinkles)))),
+        "emotion_accuracy_from_landmarks": logistic_accuracy(g_fit, y_fit, g_held, y_held),
+        "emotion_accuracy_from_exp": logistic_accuracy(e_fit, y_fit, e_held, y_held),
+        "held_out_emotions": [EMOTIONS[i] for i in sorted(set(y_held.tolist()))],
+        "majority": float(np.bincount(y_held).max() / len(y_held)),
     }
 
 
@@ -478,17 +583,42 @@ def markdown(result: dict[str, Any]) -> str:
             f"on the mouth ({d['held_out_clips']} held-out clips, {d['frame_size']} px frames).",
             "",
         ]
+    if "signal" in result:
+        g = result["signal"]
+        low = {k: v for k, v in g["exp_r2_from_landmarks"].items() if v < 0.95}
+        lines += [
+            "## What the condition maps already carry",
+            "",
+            f"Speaker {g['speaker']}, every frame ({g['frames_fit']} fitted, {g['frames_held_out']} held out). "
+            "SynthTalk draws a frame from the speaker, `exp` and `pose` only (wrinkles included); the condition "
+            "maps are drawn from landmarks decoded from the same `exp` and `pose`. A linear map of the landmarks "
+            "and pose recovers each `exp` dimension with held-out R^2 >= 0.95 except "
+            + ", ".join(f"{k} {v:.2f}" for k, v in low.items())
+            + ". Wrinkle strengths recomputed from the recovered `exp`: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in g["wrinkle_r2_from_landmarks"].items())
+            + f". Emotion per frame from landmarks and pose {g['emotion_accuracy_from_landmarks']:.3f}, from `exp` "
+            f"{g['emotion_accuracy_from_exp']:.3f} (majority {g['majority']:.3f}).",
+            "",
+        ]
     if "emn" in result:
         e = result["emn"]
         per = ", ".join(f"{k} {v:.2f}" for k, v in e["mapped_accuracy_per_emotion"].items())
         lines += [
             "## Emotion Mapping Network (test speakers)",
             "",
-            f"Classifier on the style encoder's codes of {e['frames']} real frames of the test speakers "
-            f"{', '.join(e['test_speakers'])}: accuracy {e['encoder_accuracy']:.3f} (majority class {e['chance']:.3f}). "
-            f"EMN codes of emotion e classified as e: {e['mapped_accuracy']:.3f} ({per}).",
-            "",
+            f"Style encoder head: {e.get('encoder_head', 'mean')}. Classifier on the style encoder's codes of "
+            f"{e['frames']} real frames of the test speakers {', '.join(e['test_speakers'])}: accuracy "
+            f"{e['encoder_accuracy']:.3f} (majority class {e['chance']:.3f})",
         ]
+        if "encoder_clip_accuracy" in e:
+            lines[-1] += (
+                f"; per clip (mean of its {e['frames'] // e['clips']} frames' probabilities) "
+                f"{e['encoder_clip_accuracy']:.3f}; per speaker "
+                + ", ".join(f"{k} {v:.2f}" for k, v in e["encoder_accuracy_per_speaker"].items())
+                + "; per emotion "
+                + ", ".join(f"{k} {v:.2f}" for k, v in e["encoder_accuracy_per_emotion"].items())
+            )
+        lines += [lines.pop() + f". EMN codes of emotion e classified as e: {e['mapped_accuracy']:.3f} ({per}).", ""]
     if "quality" in result:
         q = result["quality"]
         lines += [
@@ -563,7 +693,7 @@ def main() -> None:
     parser.add_argument("--codebook", type=Path, help="VQGAN checkpoint for the VQIG rows (vq_ladder's)")
     parser.add_argument("--eval-pairs", type=int, default=16, help="fixed pairs per held-out clip")
     parser.add_argument("--speed-steps", type=int, default=25)
-    parser.add_argument("--parts", nargs="*", default=["decoder", "emn", "quality", "emotion", "speed"])
+    parser.add_argument("--parts", nargs="*", default=["decoder", "signal", "emn", "quality", "emotion", "speed"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/styleunet_bench"), help="scratch (the trained head)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -572,7 +702,14 @@ def main() -> None:
     path = args.out / "styleunet.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     command = "python benchmarks/styleunet.py " + " ".join(sys.argv[1:])
-    parts = {"decoder": part_decoder, "emn": part_emn, "quality": None, "emotion": part_emotion, "speed": part_speed}
+    parts = {
+        "decoder": part_decoder,
+        "signal": part_signal,
+        "emn": part_emn,
+        "quality": None,
+        "emotion": part_emotion,
+        "speed": part_speed,
+    }
     for part in args.parts:
         if part not in parts:
             raise SystemExit(f"--parts {part!r}: expected some of {list(parts)}")

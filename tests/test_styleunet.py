@@ -190,11 +190,36 @@ def test_conditional_mmd_is_zero_for_one_distribution_and_grows_with_a_shift():
     assert conditional_mmd(real, swapped, labels) > 3 * near
 
 
-def test_style_encoder_refuses_other_sizes():
-    encoder = StyleEncoder(32, style_dim=4, channels=(4, 8))
-    assert encoder(torch.randn(2, 3, 32, 32)).shape == (2, 4)
-    with pytest.raises(ValueError, match="image_size"):
-        encoder(torch.randn(1, 3, 64, 64))
+def test_style_encoder_refuses_other_sizes_and_unknown_heads():
+    for head in StyleEncoder.HEADS:
+        encoder = StyleEncoder(32, style_dim=4, channels=(4, 8), head=head)
+        assert encoder(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+        with pytest.raises(ValueError, match="image_size"):
+            encoder(torch.randn(1, 3, 64, 64))
+    assert StyleEncoder(33, style_dim=4, channels=(4, 8))(torch.randn(1, 3, 33, 33)).shape == (1, 4)  # odd side
+    with pytest.raises(ValueError, match="spatial"):
+        StyleEncoder(32, head="max")
+
+
+def blob_frames(rows: list[int], size: int = 64) -> torch.Tensor:
+    """Grey frames, each with one bright 4 x 6 px patch centred on a row, in the middle column."""
+    frames = torch.full((len(rows), 3, size, size), -0.5)
+    for i, row in enumerate(rows):
+        frames[i, :, row - 2 : row + 2, size // 2 - 3 : size // 2 + 3] = 0.8
+    return frames
+
+
+def test_spatial_head_keeps_where_a_feature_is_and_mean_pooling_loses_it():
+    # the same brow-like patch higher or lower on the face, far from the borders: global average
+    # pooling of translation-equivariant features gives both the same code; the spatial head does not
+    torch.manual_seed(0)
+    frames = blob_frames([26, 38])
+    mean = StyleEncoder(64, style_dim=8, channels=(4, 8), head="mean").eval()
+    spatial = StyleEncoder(64, style_dim=8, channels=(4, 8), head="spatial").eval()
+    with torch.no_grad():
+        pooled, kept = mean(frames), spatial(frames)
+    assert torch.allclose(pooled[0], pooled[1], atol=1e-5)
+    assert (kept[0] - kept[1]).norm() > 100 * (pooled[0] - pooled[1]).norm().clamp_min(1e-7)
 
 
 # ---------------------------------------------------------------- one speaker's frames
@@ -267,6 +292,30 @@ def test_emotion_mapping_network_fits_one_batch(random_dataset, tmp_path):
     for part in ("mapping.", "encoder.", "classifier."):
         assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(part)), part
     assert "val/acc_mapped" in trainer.callback_metrics and "val/mmd" in trainer.callback_metrics
+
+
+def test_emotion_mapping_network_learns_an_emotion_shown_by_position():
+    # emotion e is a patch at row 8 + 2e: the encoder must read where it is, and the EMN must
+    # then map each emotion to codes the classifier calls e (the MMD pairing)
+    from flowvq.lightning_modules.emotion_mapping import EmotionMappingNetwork
+
+    torch.manual_seed(0)
+    model = EmotionMappingNetwork(
+        resolution=32, num_emotions=8, latent_dim=4, style_dim=8, hidden_dim=32, shared_layers=1, branch_layers=2,
+        encoder_channels=(4, 8), encoder_head="spatial", lr=3e-3,
+    )  # fmt: skip
+    emotions = torch.arange(8).repeat(2)
+    batch = {"image": blob_frames((8 + 2 * emotions).tolist(), size=32), "emotion": emotions}
+    batch["image"] = batch["image"] + 0.05 * torch.randn_like(batch["image"])
+    optimiser = model.configure_optimizers()
+    for _ in range(60):
+        loss, logs = model._step(batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert logs["acc_encoder"] == 1.0
+    _, logs = model._step(batch, torch.Generator().manual_seed(1))  # fresh noise
+    assert logs["acc_mapped"] >= 0.9
 
 
 @pytest.fixture(scope="module")

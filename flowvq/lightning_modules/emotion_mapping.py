@@ -58,6 +58,10 @@ class EmotionMappingNetwork(L.LightningModule):
         latent_dim, style_dim, hidden_dim, shared_layers, branch_layers: the mapping network
             (StarGAN v2: 16, 64, 512, 4, 4).
         encoder_channels: widths of the style encoder's stages (each halves the resolution).
+        encoder_head: how the style encoder reads its last feature map: ``"spatial"`` (a
+            linear map of the whole map, as StarGAN v2) or ``"mean"`` (global average pooling,
+            which loses where the brows and mouth corners are; see
+            :class:`~flowvq.nn.emotion_mapping.StyleEncoder`).
         mmd_weight: weight of the conditional MMD of the EMN's codes.
         code_weight: weight of the L2 on the encoder's codes.
         lr, weight_decay: AdamW for all three networks (StarGAN v2 trains its mapping
@@ -75,6 +79,7 @@ class EmotionMappingNetwork(L.LightningModule):
         shared_layers: int = 4,
         branch_layers: int = 4,
         encoder_channels: tuple[int, ...] = (32, 64, 128, 256),
+        encoder_head: str = "spatial",
         mmd_weight: float = 1.0,
         code_weight: float = 1e-3,
         lr: float = 1e-4,
@@ -85,7 +90,7 @@ class EmotionMappingNetwork(L.LightningModule):
         self.save_hyperparameters()
         num_emotions = 8 if num_emotions is None else int(num_emotions)
         self.mapping = MappingNetwork(latent_dim, style_dim, hidden_dim, num_emotions, shared_layers, branch_layers)
-        self.encoder = StyleEncoder(resolution, style_dim, tuple(encoder_channels))
+        self.encoder = StyleEncoder(resolution, style_dim, tuple(encoder_channels), encoder_head)
         self.classifier = torch.nn.Linear(style_dim, num_emotions)
 
     def setup(self, stage: str) -> None:

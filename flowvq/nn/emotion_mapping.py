@@ -4,9 +4,10 @@
   emotion (StarGAN v2's unshared heads); an emotion-weights vector mixes the branches'
   outputs, so a blend of emotions is a blend of style codes and a one-hot vector is
   StarGAN v2's per-domain code.
-- :class:`StyleEncoder`: a frame to a style code (strided convolutions). One shared
-  output head, unlike StarGAN v2's per-domain heads: the encoder must read the emotion from
-  the pixels, so that a classifier on its codes measures something.
+- :class:`StyleEncoder`: a frame to a style code (strided convolutions, then a linear map
+  of the whole last feature map, which keeps where each feature is). One shared output
+  head, unlike StarGAN v2's per-domain heads: the encoder must read the emotion from the
+  pixels, so that a classifier on its codes measures something.
 - :func:`conditional_mmd`: the objective pairing them (see
   :mod:`flowvq.lightning_modules.emotion_mapping`).
 
@@ -94,19 +95,45 @@ class MappingNetwork(nn.Module):
 class StyleEncoder(nn.Module):
     """A frame ``(B, 3, H, W)`` in [-1, 1] -> style code ``(B, S)``.
 
-    The suite's :class:`~flowvq.nn.conv_encoder.ConvEncoder` (strided convolutions with
-    GroupNorm, global average pooling, a linear head), refusing frames of another size.
+    The trunk is the suite's :class:`~flowvq.nn.conv_encoder.ConvEncoder` (strided
+    convolutions with GroupNorm); frames of another size are refused. The head reads the last
+    feature map in one of two ways:
+
+    - ``"spatial"``: one linear layer over the whole flattened map, so each position has its
+      own weights (StarGAN v2 ends its style encoder the same way: a convolution whose kernel
+      covers the final 4 x 4 map). Emotion lives in where things are (brows raised or
+      lowered, mouth corners up or down, lines on the forehead), and this head keeps it.
+    - ``"mean"``: global average pooling then a linear layer (``ConvEncoder``'s own head). It
+      discards position; on SynthTalk at 64 px it leaves the codes near chance on held-out
+      speakers (``benchmarks/results/styleunet.md``).
 
     Arguments:
         image_size: side of the frames.
         style_dim: width of the code.
         channels: widths of the stages (each halves the resolution).
+        head: ``"spatial"`` or ``"mean"``.
     """
 
-    def __init__(self, image_size: int, style_dim: int = 64, channels: Sequence[int] = (32, 64, 128, 256)) -> None:
+    HEADS = ("spatial", "mean")
+
+    def __init__(
+        self,
+        image_size: int,
+        style_dim: int = 64,
+        channels: Sequence[int] = (32, 64, 128, 256),
+        head: str = "spatial",
+    ) -> None:
         super().__init__()
-        self.image_size = int(image_size)
+        if head not in self.HEADS:
+            raise ValueError(f"StyleEncoder: head={head!r} is not one of {self.HEADS}")
+        self.image_size, self.head = int(image_size), head
         self.body = ConvEncoder(3, tuple(channels), style_dim)
+        if head == "spatial":
+            side = self.image_size
+            for _ in channels:
+                side = (side + 1) // 2  # a stride-2, padding-1, 3x3 convolution
+            # replaces ConvEncoder's pooled head: a linear map of the whole (C, side, side) map
+            self.body.head = nn.Sequential(nn.Flatten(), nn.Linear(channels[-1] * side * side, style_dim))
 
     def forward(self, images: Tensor) -> Tensor:
         if images.shape[-2:] != (self.image_size, self.image_size):
@@ -114,7 +141,13 @@ class StyleEncoder(nn.Module):
                 f"StyleEncoder is built for {self.image_size} px frames, got {tuple(images.shape[-2:])}: "
                 "set the DataModule's image_size to match"
             )
-        return self.body(images)
+        if self.head == "mean":
+            return self.body(images)
+        h = self.body.stem(images)  # (B, c0, H, W)
+        for stage in self.body.stages:
+            h = stage["down"](h)
+            h = h + stage["residual"](h)
+        return self.body.head(h)  # (B, S) from (B, C, side, side)
 
 
 def conditional_mmd(
