@@ -378,6 +378,12 @@ def part_quality(args: argparse.Namespace, results: dict[str, Any]) -> dict[str,
             if examples is None:
                 examples = (batch, outputs, out["condition"], torch.from_numpy(truth), open_mouth)
     rows = []
+    if args.codebook is None:
+        # no codebook, no VQIG rows trained here: keep the previous run's (marked with its command)
+        previous = results.get("quality", {})
+        for row in previous.get("rows", []):
+            if row["model"].startswith("vqig"):
+                rows.append({**row, "from_run": row.get("from_run", previous.get("command"))})
     for name, s in scores.items():
         f, m = np.concatenate(s["f"]), np.concatenate(s["m"])
         row = {
@@ -636,11 +642,19 @@ def markdown(result: dict[str, Any]) -> str:
         for r in q["rows"]:
             psnr = f"{r['psnr']:.2f}" if "psnr" in r else "-"
             ssim = f"{r['ssim']:.3f}" if "ssim" in r else "-"
+            model = r["model"] + (" (earlier run, see below)" if "from_run" in r else "")
             lines.append(
-                f"| {r['model']} | {psnr} | {ssim} | {r['f_lmd']:.2f} | {r['m_lmd']:.2f} | {r['detected']:.2f} | "
+                f"| {model} | {psnr} | {ssim} | {r['f_lmd']:.2f} | {r['m_lmd']:.2f} | {r['detected']:.2f} | "
                 f"{r['teeth_share_open_mouths']:.3f} | {r.get('train_seconds', '-')} |"
             )
         lines.append("")
+        carried = {r["from_run"] for r in q["rows"] if "from_run" in r}
+        for command in carried:
+            lines += [
+                "Rows marked 'earlier run' were not retrained with this head (no `--codebook`): same data, "
+                f"speaker, steps, batch, seed and pairs, from `{command}`.",
+                "",
+            ]
     if "emotion" in result:
         em = result["emotion"]
         regions = list(next(iter(em["regions"].values())))
