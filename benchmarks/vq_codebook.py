@@ -96,7 +96,8 @@ def train(args: argparse.Namespace) -> tuple[Any, dict, float, int]:
     model, config = build_model(args.config, args.model_arg)
     if args.bypass:
         model.autoencoder.quantizer = Bypass(model.autoencoder.quantizer)
-    data = FrameDataModule(args.faces, batch_size=args.batch_size, frames_per_clip=8, seed=args.seed)
+    # a str, not a Path: the checkpoint then loads with torch.load(weights_only=True)
+    data = FrameDataModule(str(args.faces), batch_size=args.batch_size, frames_per_clip=8, seed=args.seed)
     trainer = L.Trainer(
         accelerator="cpu",
         precision="bf16-mixed",

@@ -128,9 +128,11 @@ def test_learning_rate_decays_on_a_cosine_to_its_floor() -> None:
     assert math.isclose(VQGAN(**TINY, lr_decay_batches=10).learning_rate(5), 2e-3 * (0.05 + 0.95 * 0.5))
 
 
-def test_vqig_builds_on_a_factorised_cosine_codebook(tmp_path: Path) -> None:
+def test_vqig_builds_on_a_factorised_cosine_codebook_with_one_norm_group(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    stage1 = VQGAN(**TINY, codebook_lookup_dim=4, cosine_codebook=True, kmeans_init=True, disc_start=10**6)
+    stage1 = VQGAN(
+        **TINY, norm_groups=1, codebook_lookup_dim=4, cosine_codebook=True, kmeans_init=True, disc_start=10**6
+    )
     trainer = fit(stage1, 2)
     path = tmp_path / "stage1.ckpt"
     trainer.save_checkpoint(path)
@@ -150,6 +152,7 @@ def test_vqig_builds_on_a_factorised_cosine_codebook(tmp_path: Path) -> None:
     vqig.load_codebook(path)
     quantizer = vqig.net.autoencoder.quantizer
     assert quantizer.lookup_dim == 4 and quantizer.use_cosine_sim
+    assert all(m.num_groups == 1 for m in vqig.net.autoencoder.modules() if isinstance(m, torch.nn.GroupNorm))
     torch.testing.assert_close(quantizer.codebook, stage1.autoencoder.quantizer.codebook)
     source = Smooth()[0]["image"][None]
     with torch.no_grad():
