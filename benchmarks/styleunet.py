@@ -235,7 +235,7 @@ def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [(x - mean) / std for x in (train, *others)]
 
 
-def ridge(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, alpha: float = 1e-2) -> np.ndarray:
+def ridge(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, alpha: float = 1e-5) -> np.ndarray:
     """Linear least squares with a small ridge on standardised features."""
     a, b = _standardise(train_x, test_x)
     a, b = np.c_[a, np.ones(len(a))], np.c_[b, np.ones(len(b))]
@@ -472,7 +472,7 @@ def part_emotion(args: argparse.Namespace) -> dict[str, Any]:
     # the same z, emotion weights from the EMN's code space: also how far the codes themselves are
     with torch.no_grad():
         z = torch.randn(1, head.hparams.latent_dim, generator=torch.Generator().manual_seed(0))
-        codes = {e: head.emn(z, head._weights(e, 1)) for e in emotions}
+        codes = {e: head.style(head._weights(e, 1), z) for e in emotions}  # what the StyleUNet sees
     result["style_code_distance_to_neutral"] = {
         e: float((codes[e] - codes["neutral"]).norm()) for e in emotions[1:]
     } | {"neutral_norm": float(codes["neutral"].norm())}
@@ -603,7 +603,10 @@ def markdown(result: dict[str, Any]) -> str:
             + ". Wrinkle strengths recomputed from the recovered `exp`: "
             + ", ".join(f"{k} {v:.2f}" for k, v in g["wrinkle_r2_from_landmarks"].items())
             + f". Emotion per frame from landmarks and pose {g['emotion_accuracy_from_landmarks']:.3f}, from `exp` "
-            f"{g['emotion_accuracy_from_exp']:.3f} (majority {g['majority']:.3f}).",
+            f"{g['emotion_accuracy_from_exp']:.3f} (majority {g['majority']:.3f}; logistic regressions). "
+            "`gaze_x`/`gaze_y` move the irises, which have no landmark and draw no wrinkle. So the condition maps "
+            "already fix every wrinkle but part of the crow's feet: on this data the emotion label has little to "
+            "add to a frame beyond its geometry.",
             "",
         ]
     if "emn" in result:

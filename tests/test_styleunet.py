@@ -376,6 +376,24 @@ def test_render_names_both_widths_and_refuses_unknown_emotions(fitted_head):
         head.render(torch.randn(3, 16), torch.randn(3, 6), "happy", z_gm=torch.zeros(3, 4))
 
 
+def test_head_styles_have_unit_size_whatever_the_emn_scale():
+    # an EMN whose codes are 50x larger renders the same frames: the head keeps the codes' direction
+    from flowvq.lightning_modules.styleunet import StyleUNetHead
+
+    torch.manual_seed(0)
+    head = StyleUNetHead(exp_dim=16, pose_dim=6, num_emotions=8, **TINY_HEAD).eval()
+    weights, z = torch.eye(8)[[0, 5, 7]], torch.randn(3, TINY_HEAD["latent_dim"])
+    style = head.style(weights, z)
+    assert torch.allclose(style.pow(2).mean(-1), torch.ones(3), atol=1e-4)
+    condition = torch.rand(3, len(CONTOUR_GROUPS), 64, 64)
+    with torch.no_grad():
+        before = head.net(condition, style, None)
+        head.emn.branch_weights[-1].mul_(50.0)
+        head.emn.branch_biases[-1].mul_(50.0)
+        after = head.net(condition, head.style(weights, z), None)
+    assert torch.allclose(before, after, atol=1e-4)
+
+
 def test_head_refuses_an_emn_checkpoint_of_another_architecture(tmp_path):
     from flowvq.lightning_modules.emotion_mapping import EmotionMappingNetwork
     from flowvq.lightning_modules.styleunet import StyleUNetHead

@@ -423,10 +423,20 @@ class StyleUNetHead(L.LightningModule):
             return rasterize_contours(landmarks, self.hparams.resolution, self.hparams.line_width)
 
     def style(self, weights: Tensor, z: Tensor | None = None) -> Tensor:
-        """EMN style codes ``(B, S)`` of emotion weights ``(B, K)`` (noise ``z (B, L)`` drawn if None)."""
+        """EMN style codes ``(B, S)`` of emotion weights ``(B, K)`` (noise ``z (B, L)`` drawn if None),
+        each scaled to unit root mean square.
+
+        The EMN's codes have whatever scale its own training gave them (it matches the style
+        encoder's codes, which only a small L2 holds), while the StyleUNet's modulation affines
+        start at scales near 1 and expect codes of about unit size; a code of norm 20 turns
+        the EMN's spread over ``z`` into large random modulations, colour blotches through the
+        undemodulated to-RGB layers. The normalisation keeps the direction, which carries the
+        emotion, and drops the scale (StyleGAN2 normalises its latent the same way).
+        """
         if z is None:
             z = torch.randn(weights.shape[0], self.hparams.latent_dim, device=weights.device)
-        return self.emn(z, weights.float())
+        code = self.emn(z, weights.float())
+        return code * torch.rsqrt(code.pow(2).mean(-1, keepdim=True) + 1e-8)
 
     def forward(
         self, exp: Tensor, pose: Tensor, weights: Tensor, z: Tensor | None = None, z_gm: Tensor | None = None
