@@ -226,6 +226,26 @@ def summarise(runs: list[dict], where: str) -> dict[str, Any]:
     return out
 
 
+def versus_full(runs: dict[str, list[dict]]) -> dict[str, Any]:
+    """Each variant minus ``full`` of the same seed (PSNR, SSIM, M-LMD), per scored set: the
+    paired differences and their mean, over the seeds both have."""
+    full = {r["seed"]: r for r in runs.get("full", [])}
+    out: dict[str, Any] = {}
+    for variant, variant_runs in runs.items():
+        if variant == "full":
+            continue
+        paired = [(r, full[r["seed"]]) for r in variant_runs if r["seed"] in full]
+        out[variant] = {
+            where: {
+                key: [float(r["scores"][where][key] - f["scores"][where][key]) for r, f in paired]
+                for key in ("psnr", "ssim", "m_lmd")
+            }
+            | {"seeds": [r["seed"] for r, _ in paired]}
+            for where in SETS
+        }
+    return out
+
+
 def command_report(args: argparse.Namespace) -> None:
     from flowvq.lightning_modules.vqgan import image_grid
 
@@ -239,6 +259,7 @@ def command_report(args: argparse.Namespace) -> None:
     result = {
         "reference": reference,
         "complete_seeds": complete,
+        "codebook": reference["command"].split("--codebook ")[1].split()[0],
         "variants": {
             v: {
                 "runs": [{k: r[k] for k in ("seed", "steps", "train_seconds", "load_average", "command")} for r in rs],
@@ -248,6 +269,7 @@ def command_report(args: argparse.Namespace) -> None:
             if (rs := sorted(runs.get(v, []), key=lambda r: r["seed"]))
         },
     }
+    result["versus_full"] = versus_full(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "vq_ablation.json").write_text(json.dumps(result, indent=2))
     (args.out / "vq_ablation.md").write_text(markdown(result))
@@ -278,7 +300,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Tiny VQIG (GAN off, bf16-mixed), {first.get('steps', '?')} steps of batch 16 per run, trained on "
         "`flowvq synth --preset faces` pairs; scored on SynthTalk small's test speakers and on its training "
-        "speakers' held-out clips (neither seen in training). Each cell: mean ± std [min, max] over the seeds. "
+        f"speakers' held-out clips (neither seen in training; codebook `{result['codebook']}`). Each cell: mean ± std [min, max] over the seeds. "
         f"Complete seeds: {result['complete_seeds']}. M-LMD / F-LMD: FaceMesh on the output against the record's "
         "landmarks, px at 64 (lower is better); the ground-truth row is the detector on the target itself (the "
         "floor). Teeth: share of bright pixels inside the inner lips of open-mouth targets. Commands in the JSON.",
@@ -312,6 +334,23 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{r['teeth_share_open_mouths']:.3f} | - |"
             )
         lines += ["", f"Pairs: {ref['source copy']['pairs']}.", ""]
+    if result["versus_full"]:
+        lines += [
+            "## Each variant minus full, same seed",
+            "",
+            "Per seed (in seed order); a part whose removal hurts shows negative PSNR / SSIM and positive M-LMD "
+            "differences.",
+            "",
+            "| variant | scored on | PSNR dB | SSIM | M-LMD |",
+            "|---|---|---|---|---|",
+        ]
+        for variant, sets in result["versus_full"].items():
+            for where, d in sets.items():
+                cells = [
+                    ", ".join(f"{x:+.{n}f}" for x in d[key]) for key, n in (("psnr", 2), ("ssim", 3), ("m_lmd", 2))
+                ]
+                lines.append(f"| {variant} | {where} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
