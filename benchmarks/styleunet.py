@@ -628,6 +628,8 @@ def markdown(result: dict[str, Any]) -> str:
                 + ", ".join(f"{k} {v:.2f}" for k, v in e["encoder_accuracy_per_emotion"].items())
             )
         lines += [lines.pop() + f". EMN codes of emotion e classified as e: {e['mapped_accuracy']:.3f} ({per}).", ""]
+        if "trained_with" in e:
+            lines += [f"The EMN checkpoint: `{e['trained_with']}`.", ""]
     if "quality" in result:
         q = result["quality"]
         lines += [
@@ -667,7 +669,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"The held-out clips' coefficients ({em['frames']} frames) rendered under each emotion (one-hot weights, "
             "same EMN noise): mean |difference| to the neutral rendering (0..255) per region.",
             "",
-            "| emotion | " + " | ".join(regions) + " | style code distance |",
+            "| emotion | " + " | ".join(regions) + " | style code distance (unit-RMS codes) |",
             "|---|" + "---|" * (len(regions) + 1),
         ]
         for emotion, values in em["regions"].items():
