@@ -81,7 +81,7 @@ def fit_on_two_ranks(config: Path, data: Path, codebook: Path, folder: Path) -> 
     common += small_overrides(config)
     common += ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
     common += ["--trainer.logger.init_args.save_dir", str(folder / "runs")]
-    if "codebook_checkpoint" in config.read_text():
+    if "codebook_checkpoint" in yaml.safe_load(config.read_text())["model"]["init_args"]:  # not in comments
         common += ["--model.init_args.codebook_checkpoint", str(codebook)]
     fit = run_cli(
         ["fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1"]
