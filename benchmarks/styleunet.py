@@ -329,6 +329,22 @@ def teeth_share(images: torch.Tensor, landmarks: np.ndarray, open_mask: np.ndarr
     return float(np.mean(shares)) if shares else float("nan")
 
 
+def score_row(s: dict[str, list]) -> dict[str, Any]:
+    """Summary of one model's per-batch scores (``f``, ``m`` landmark distances per frame, ``teeth``,
+    and ``psnr`` / ``ssim`` tensors, empty for the ground-truth row): means over the frames."""
+    f, m = np.concatenate(s["f"]), np.concatenate(s["m"])
+    row = {
+        "pairs": int(f.size),
+        "detected": float(np.isfinite(f).mean()),
+        "f_lmd": float(np.nanmean(f)),
+        "m_lmd": float(np.nanmean(m)),
+        "teeth_share_open_mouths": float(np.nanmean(s["teeth"])),
+    }
+    if s["psnr"]:
+        row |= {"psnr": float(torch.cat(s["psnr"]).mean()), "ssim": float(torch.cat(s["ssim"]).mean())}
+    return row
+
+
 def part_quality(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     from flowvq.lightning_modules.vqgan import image_grid, psnr
     from flowvq.nn.condition_maps import contour_colours
@@ -385,18 +401,7 @@ def part_quality(args: argparse.Namespace, results: dict[str, Any]) -> dict[str,
             if row["model"].startswith("vqig"):
                 rows.append({**row, "from_run": row.get("from_run", previous.get("command"))})
     for name, s in scores.items():
-        f, m = np.concatenate(s["f"]), np.concatenate(s["m"])
-        row = {
-            "model": name,
-            "pairs": int(f.size),
-            "detected": float(np.isfinite(f).mean()),
-            "f_lmd": float(np.nanmean(f)),
-            "m_lmd": float(np.nanmean(m)),
-            "teeth_share_open_mouths": float(np.nanmean(s["teeth"])),
-        }
-        if s["psnr"]:
-            row["psnr"] = float(torch.cat(s["psnr"]).mean())
-            row["ssim"] = float(torch.cat(s["ssim"]).mean())
+        row = {"model": name, **score_row(s)}
         if name in seconds:
             row["train_seconds"] = round(seconds[name], 1)
         rows.append(row)

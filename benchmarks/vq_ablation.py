@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
-from styleunet import teeth_share  # noqa: E402
+from styleunet import score_row, teeth_share  # noqa: E402
 from vq_ladder import ROOT, evaluation_pairs, held_out, to_batch, train_vqig  # noqa: E402
 from vq_quality import Landmarks, lmd, mouth_crops, save_png, to_uint8  # noqa: E402
 
@@ -128,19 +128,7 @@ def score(render: dict[str, Any], pairs: list[dict], detector: Landmarks) -> dic
             scores[name]["f"].append(f)
             scores[name]["m"].append(m)
             scores[name]["teeth"].append(teeth_share(image, truth, open_mouth))
-    out = {}
-    for name, s in scores.items():
-        f, m = np.concatenate(s["f"]), np.concatenate(s["m"])
-        out[name] = {
-            "pairs": int(f.size),
-            "detected": float(np.isfinite(f).mean()),
-            "f_lmd": float(np.nanmean(f)),
-            "m_lmd": float(np.nanmean(m)),
-            "teeth_share_open_mouths": float(np.nanmean(s["teeth"])),
-        }
-        if s["psnr"]:
-            out[name] |= {"psnr": float(torch.cat(s["psnr"]).mean()), "ssim": float(torch.cat(s["ssim"]).mean())}
-    return out
+    return {name: score_row(s) for name, s in scores.items()}
 
 
 def command_reference(args: argparse.Namespace) -> None:

@@ -9,25 +9,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from test_vq_lightning import RES, trainer
+from test_vq_lightning import TINY_VQGAN as TINY
 from torch.utils.data import DataLoader, Dataset
 
 from flowvq.lightning_modules.vqgan import VQGAN
 from flowvq.lightning_modules.vqig import VQIG
 from flowvq.nn.quantizer import Quantizer, codebook_usage
-
-RES = 32
-TINY = dict(
-    resolution=RES,
-    channels=8,
-    ch_mult=(1, 2, 2),
-    num_res_blocks=1,
-    codebook_size=16,
-    codebook_dim=8,
-    disc_channels=8,
-    disc_layers=2,
-    lr=2e-3,
-    log_images=0,
-)
 
 
 @pytest.mark.parametrize("cosine", [False, True])
@@ -99,18 +87,9 @@ class Smooth(Dataset):
 
 
 def fit(model: VQGAN, batches: int) -> L.Trainer:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=batches,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, DataLoader(Smooth(), batch_size=4))
-    return trainer
+    run = trainer(batches, limit_val_batches=0)
+    run.fit(model, DataLoader(Smooth(), batch_size=4))
+    return run
 
 
 def test_learning_rate_decays_on_a_cosine_to_its_floor() -> None:
