@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_vq_lightning import RES, trainer
+from test_vq_lightning import RES, VQIG_ONLY, trainer
 from test_vq_lightning import TINY_VQGAN as TINY
 from torch.utils.data import DataLoader, Dataset
 
@@ -115,19 +115,7 @@ def test_vqig_builds_on_a_factorised_cosine_codebook_with_one_norm_group(tmp_pat
     trainer = fit(stage1, 2)
     path = tmp_path / "stage1.ckpt"
     trainer.save_checkpoint(path)
-    vqig = VQIG(
-        codebook_checkpoint=str(path),
-        exp_dim=5,
-        pose_dim=6,
-        channels=8,
-        ch_mult=(1, 2, 2),
-        feature_dim=16,
-        motion_dim=8,
-        num_heads=2,
-        disc_channels=8,
-        disc_layers=2,
-        log_images=0,
-    )
+    vqig = VQIG(**VQIG_ONLY, codebook_checkpoint=str(path))  # the architecture comes from the checkpoint
     vqig.load_codebook(path)
     quantizer = vqig.net.autoencoder.quantizer
     assert quantizer.lookup_dim == 4 and quantizer.use_cosine_sim
@@ -135,7 +123,7 @@ def test_vqig_builds_on_a_factorised_cosine_codebook_with_one_norm_group(tmp_pat
     torch.testing.assert_close(quantizer.codebook, stage1.autoencoder.quantizer.codebook)
     source = Smooth()[0]["image"][None]
     with torch.no_grad():
-        image = vqig.net(source, torch.zeros(1, 5), torch.zeros(1, 6))["image"]
+        image = vqig.net(source, torch.zeros(1, VQIG_ONLY["exp_dim"]), torch.zeros(1, VQIG_ONLY["pose_dim"]))["image"]
     assert image.shape == (1, 3, RES, RES) and torch.isfinite(image).all()
 
 
