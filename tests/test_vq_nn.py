@@ -313,3 +313,24 @@ def test_vgg_perceptual_loads_a_local_file(tmp_path) -> None:
     distance.backward()
     assert distance > 0 and y.grad is not None
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_nearest_code_logits_of_a_cosine_codebook_can_choose_codes() -> None:
+    """Without cross-attention the code logits are cosine similarities, bounded in [-1, 1]: the net's
+    learnt scale lets the code cross-entropy fall below the floor those bounds put on it."""
+    torch.manual_seed(0)
+    ae = VQAutoencoder(**TINY_AE, use_cosine_sim=True).eval()
+    net = VQIGNet(
+        ae, 5, 6, channels=8, ch_mult=(1, 2, 2), feature_dim=16, motion_dim=8, num_heads=2, use_cross_attention=False
+    )
+    source, exp, pose = torch.randn(4, 3, 32, 32), torch.randn(4, 5), torch.randn(4, 6)
+    targets = torch.randint(0, 16, (4, 64))  # 8 x 8 grid
+    bounded_floor = torch.log(torch.tensor(1 + 15 * torch.e**-2.0)).item()  # best CE with logits in [-1, 1]
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(net(source, exp, pose)["logits"].transpose(1, 2), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.5 * bounded_floor, (loss.item(), bounded_floor)
+    assert net.log_logit_scale.exp() > 10.0

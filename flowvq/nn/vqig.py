@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -146,8 +147,41 @@ class CodebookAttention(nn.Module):
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
 
+    #: ``True``: the fast path (:meth:`forward_fused`), ``False``: the reference (:meth:`forward_reference`).
+    fused_attention = True
+
     def forward(self, fused: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Fused (B, D, h, w), codebook (K, D) -> logits (B, n, K), soft codes, hard codes (B, D, h, w)."""
+        if self.fused_attention:
+            return self.forward_fused(fused, codebook)
+        return self.forward_reference(fused, codebook)
+
+    def forward_fused(self, fused: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward_reference`'s values without its (B, E, n, K) score tensor, in float32.
+
+        The head mean of the per-head scores q_e . k_e / s is q . k / (E s): one matmul gives the
+        logits; the soft codes come from ``scaled_dot_product_attention``, which never holds the
+        scores. Float32 whatever the autocast state: on this CPU the bfloat16 attention backward is
+        2.6x slower than float32's at 16 dims a head, and the logits' argmax picks the hard code.
+        """
+        b, _, h, w = fused.shape
+        e = self.num_heads
+        with torch.autocast(fused.device.type, enabled=False):
+            q = self.query(self.norm(rearrange(fused.float(), "b d h w -> b (h w) d")))  # (B, n, D)
+            codebook = codebook.float()
+            k = self.key(codebook)  # (K, D)
+            scale = 1.0 / ((q.shape[-1] // e) ** 0.5 * self.temperature)
+            logits = (q @ k.t()) * (scale / e)  # (B, n, K)
+            qh = rearrange(q, "b n (e c) -> b e n c", e=e)
+            kh = rearrange(k, "k (e c) -> e k c", e=e).expand(b, -1, -1, -1)
+            vh = rearrange(codebook, "k (e c) -> e k c", e=e).expand(b, -1, -1, -1)
+            soft = F.scaled_dot_product_attention(qh, kh, vh, scale=scale)  # (B, E, n, c)
+        soft = rearrange(soft, "b e (h w) c -> b (e c) h w", h=h).contiguous()
+        hard = rearrange(codebook[logits.argmax(-1)], "b (h w) d -> b d h w", h=h).contiguous()
+        return logits, soft, hard
+
+    def forward_reference(self, fused: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The attention written out: per-head scores (B, E, n, K), their head mean, softmax mixture."""
         _, _, h, w = fused.shape
         e = self.num_heads
         q = rearrange(self.query(self.norm(rearrange(fused, "b d h w -> b (h w) d"))), "b n (e c) -> b e n c", e=e)
@@ -223,6 +257,12 @@ class VQIGNet(nn.Module):
         self.warping = WarpingNetwork(feature_dim, motion_dim, hidden=feature_dim // 2) if use_warp else None
         self.fuse = FuseNetwork(feature_dim, motion_dim, code_dim, fuse_blocks, adain=use_fusion)
         self.attention = CodebookAttention(code_dim, num_heads) if use_codebook and use_cross_attention else None
+        # Without cross-attention the code logits are the quantizer's similarities. A cosine codebook's
+        # lie in [-1, 1], where a softmax over K entries cannot leave uniform (the target's probability is
+        # at most e^2 / (e^2 + K - 1), 0.007 at K = 1024): a learnt logit scale (log-parametrised, from 10,
+        # as CLIP's temperature) lets the code cross-entropy choose codes. The argmax is unchanged.
+        nearest_cosine = use_codebook and not use_cross_attention and autoencoder.quantizer.use_cosine_sim
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(10.0))) if nearest_cosine else None
         # Without the codebook: the same decoder architecture, trained from scratch on the fused features.
         self.plain_decoder = Decoder(**autoencoder.decoder_config) if not use_codebook else None
 
@@ -255,6 +295,8 @@ class VQIGNet(nn.Module):
         else:
             # Without cross-attention the fused features are quantized to their nearest entry.
             logits = self.autoencoder.quantizer.logits(fused)
+            if self.log_logit_scale is not None:
+                logits = logits * self.log_logit_scale.exp()
             hard = rearrange(codebook[logits.argmax(-1)], "b (h w) d -> b d h w", h=fused.shape[-2]).contiguous()
             soft = fused
         if not self.training or self.lookup == "hard":
