@@ -322,7 +322,9 @@ def test_vqig_reads_the_codebook_architecture_from_the_stage1_checkpoint(codeboo
 
 
 def test_vqig_without_any_codebook_architecture_says_what_to_give() -> None:
-    with pytest.raises(ValueError, match="codebook_checkpoint.*or give resolution, codebook_channels, codebook_ch_mult"):
+    with pytest.raises(
+        ValueError, match="codebook_checkpoint.*or give resolution, codebook_channels, codebook_ch_mult"
+    ):
         VQIG(**VQIG_ONLY, use_codebook=False)
 
 
@@ -342,3 +344,16 @@ def test_vqgan_names_a_bad_batch() -> None:
     model = VQGAN(**TINY_VQGAN)
     with pytest.raises(ValueError, match=r"batch\['image'\] has shape \(2, 3, 64, 64\)"):
         model(torch.zeros(2, 3, 64, 64))
+
+
+def test_vqig_source_encoder_options_reach_the_net(codebook_checkpoint: Path) -> None:
+    from flowvq.nn.vq_autoencoder import AttentionBlock
+
+    def source_encoder(**options):
+        return VQIG(**VQIG_ONLY, codebook_checkpoint=str(codebook_checkpoint), **options).net.source_encoder
+
+    default, chosen = source_encoder(), source_encoder(norm_groups=1, source_attention=False)
+    assert any(isinstance(m, AttentionBlock) for m in default.modules())
+    assert not any(isinstance(m, AttentionBlock) for m in chosen.modules())
+    assert {m.num_groups for m in chosen.modules() if isinstance(m, torch.nn.GroupNorm)} == {1}
+    assert max(m.num_groups for m in default.modules() if isinstance(m, torch.nn.GroupNorm)) > 1

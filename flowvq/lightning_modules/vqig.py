@@ -95,7 +95,7 @@ class VQIG(L.LightningModule):
             from ``codebook_checkpoint`` and saved with the VQIG, so that a VQIG checkpoint
             rebuilds its codebook model without the stage-1 file; not normally set by hand.
         channels, ch_mult, num_res_blocks, feature_dim, motion_dim, fuse_blocks, num_heads,
-        lookup: the generator (see :class:`~flowvq.nn.vqig.VQIGNet`).
+        source_attention, norm_groups, lookup: the generator (see :class:`~flowvq.nn.vqig.VQIGNet`).
         use_warp, use_fusion, use_cross_attention, use_codebook: ablation switches.
         pixel_weight, perceptual_weight, perceptual_weights_path, feature_match_weight,
         ssim_weight, disc_weight, disc_start, disc_channels, disc_layers, disc_norm, color_weight, color_pool: image
@@ -126,6 +126,8 @@ class VQIG(L.LightningModule):
         motion_dim: int = 256,
         fuse_blocks: int = 2,
         num_heads: int = 8,
+        source_attention: bool = True,
+        norm_groups: int | None = None,
         lookup: str = "straight_through",
         use_warp: bool = True,
         use_fusion: bool = True,
@@ -242,6 +244,8 @@ class VQIG(L.LightningModule):
             motion_dim=h.motion_dim,
             fuse_blocks=h.fuse_blocks,
             num_heads=h.num_heads,
+            source_attention=h.source_attention,
+            norm_groups=h.norm_groups,
             use_warp=h.use_warp,
             use_fusion=h.use_fusion,
             use_cross_attention=h.use_cross_attention,

@@ -213,6 +213,10 @@ class VQIGNet(nn.Module):
         motion_dim: size of the motion code.
         fuse_blocks: AdaIN residual blocks in the fuse network.
         num_heads: heads of the codebook cross-attention.
+        source_attention: self-attention at the source encoder's lowest resolution (off saves most of a
+            step on a fine code grid, 32 x 32 at 64 px).
+        norm_groups: GroupNorm groups of the source encoder (``None``: up to 32, an instance norm at the
+            tiny widths, which strips the source's flat colours; 1 keeps them, as for the codebook).
         use_warp, use_fusion, use_cross_attention, use_codebook: the paper's ablation switches.
         lookup: how predicted codes reach the decoder in training: ``"straight_through"`` (the
             hard entry forward, the soft mixture's gradient backward), ``"soft"`` or ``"hard"``.
@@ -231,6 +235,8 @@ class VQIGNet(nn.Module):
         motion_dim: int = 256,
         fuse_blocks: int = 2,
         num_heads: int = 8,
+        source_attention: bool = True,
+        norm_groups: int | None = None,
         use_warp: bool = True,
         use_fusion: bool = True,
         use_cross_attention: bool = True,
@@ -252,7 +258,9 @@ class VQIGNet(nn.Module):
         code_dim = autoencoder.quantizer.dim
         self.autoencoder = autoencoder
         self.autoencoder.requires_grad_(False)
-        self.source_encoder = SourceEncoder(channels, ch_mult, num_res_blocks, feature_dim, attention=True)
+        self.source_encoder = SourceEncoder(
+            channels, ch_mult, num_res_blocks, feature_dim, attention=source_attention, norm_groups=norm_groups
+        )
         self.motion_encoder = MotionEncoder(exp_dim, pose_dim, motion_dim)
         self.warping = WarpingNetwork(feature_dim, motion_dim, hidden=feature_dim // 2) if use_warp else None
         self.fuse = FuseNetwork(feature_dim, motion_dim, code_dim, fuse_blocks, adain=use_fusion)
