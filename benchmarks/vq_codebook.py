@@ -94,6 +94,12 @@ def train(args: argparse.Namespace) -> tuple[Any, dict, float, int]:
 
     L.seed_everything(args.seed)
     model, config = build_model(args.config, args.model_arg)
+    if args.init is not None:
+        # fine-tuning: the autoencoder and its codebook from a checkpoint; a fresh discriminator and
+        # batch clock (disc_start and lr_decay_batches count from here)
+        state = torch.load(args.init, map_location="cpu", weights_only=False)["state_dict"]
+        prefix = "autoencoder."
+        model.autoencoder.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
     if args.bypass:
         model.autoencoder.quantizer = Bypass(model.autoencoder.quantizer)
     # a str, not a Path: the checkpoint then loads with torch.load(weights_only=True)
@@ -163,6 +169,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--evaluate", type=Path, help="score this VQGAN checkpoint instead of training")
+    parser.add_argument("--init", type=Path, help="fine-tune: start from this VQGAN checkpoint's autoencoder")
     parser.add_argument("--name", required=True)
     parser.add_argument("--picture", action="store_true")
     parser.add_argument("--work", type=Path, default=Path("runs/vq_codebook"))
@@ -209,6 +216,7 @@ def main() -> None:
         "checkpoint": str(args.evaluate or (None if args.bypass else args.work / f"{args.name}.ckpt")),
         "bypass": args.bypass,
         "model_args": args.model_arg,
+        "init": str(args.init) if args.init else None,
         "steps": steps,
         "batch_size": args.batch_size,
         "train_minutes": round(seconds / 60, 2),
@@ -234,7 +242,8 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, run in results.items():
-        changes = " ".join((["continuous (no quantizer)"] if run["bypass"] else []) + run["model_args"]) or "-"
+        changes = (["continuous (no quantizer)"] if run["bypass"] else []) + run["model_args"]
+        changes = " ".join(changes + ([f"from {Path(run['init']).stem}"] if run.get("init") else [])) or "-"
         cells = []
         for where in ("test speakers", "held-out clips"):
             s = run["scores"][where]
