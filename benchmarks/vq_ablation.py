@@ -162,7 +162,7 @@ def command_run(args: argparse.Namespace) -> None:
     from flowvq.data.shards import open_split
 
     name = f"{args.variant}_s{args.seed}"
-    model_args = codebook_model_args(args.codebook) + VARIANTS[args.variant]
+    model_args = codebook_model_args(args.codebook) + VARIANTS[args.variant] + args.model_arg
     records = list(open_split(args.faces, "train"))
     vqig, seconds = train_vqig(
         args.faces, args.codebook, records, args.steps, args.batch_size, args.lr, 0.0, args.seed, model_args
@@ -353,6 +353,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--model-arg", nargs="*", default=[], metavar="KEY=VALUE", help="more VQIG init_args overrides (every variant)"
+    )
     parser.add_argument("--eval-pairs", type=int, default=4, help="fixed pairs per evaluation clip")
     parser.add_argument("--picture-seed", type=int, default=0)
     parser.add_argument("--work", type=Path, required=True, help="per-run results and pictures")
