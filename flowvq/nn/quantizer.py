@@ -123,7 +123,11 @@ class Quantizer(nn.Module):
             # k-means initialisation must see training data, not a sanity-check validation batch.
             indices = self.nearest(z)
             return self.indices_to_codes(indices), z.new_zeros(()), indices
-        quantized, indices, commit_loss = self.vq(z, freeze_codebook=freeze_codebook)
+        # Float32 whatever the autocast state: the library turns autocast off for CUDA only, so under
+        # CPU bf16 autocast its distances were bfloat16 (ties in the nearest entry, and its argmax and
+        # one-hot passes 1.7x slower on this CPU).
+        with torch.autocast(z.device.type, enabled=False):
+            quantized, indices, commit_loss = self.vq(z.float(), freeze_codebook=freeze_codebook)
         # The library hands back a channels-last view; every layer after it would then run
         # channels-last, where GroupNorm is 2x (fp32) to 15x (bf16) slower on CPU than in NCHW.
         return quantized.contiguous(), commit_loss, indices
