@@ -3,6 +3,7 @@
     python benchmarks/vq_speed.py                         # tiny training + rendering at 128 / 256 px
     python benchmarks/vq_speed.py --train-sizes tiny paper --repeats 3
     python benchmarks/vq_speed.py --baseline 2d90304 --rounds 3 --skip-rendering   # against an older commit
+    python benchmarks/vq_speed.py --baseline 2d90304 --rounds 2 --train-sizes tiny tiny_faces --resolutions 128
 
 ``--baseline REF`` checks REF out into a temporary git worktree and runs *its own*
 ``benchmarks/vq_speed.py`` (training only, its code, its configs) in a subprocess, alternating
@@ -14,8 +15,11 @@ Measured on the machine it runs on (write down its load: a shared CPU skews ever
 - training: a full manual-optimization step of each stage (generator forward + loss + backward +
   Adam, then the discriminator's) on random batches in the DataModules' format, with the GAN
   terms on (the costlier regime), in fp32 and under ``torch.autocast(bfloat16)`` (what Lightning's
-  ``bf16-mixed`` does), for the model sizes of ``configs/tiny/*.yaml`` (and ``configs/*.yaml``
-  with ``--train-sizes paper``);
+  ``bf16-mixed`` does), for the model sizes of ``configs/tiny/vqgan.yaml`` / ``vqig.yaml``
+  (``tiny``), of the face codebook recipe ``configs/tiny/vqgan_faces.yaml`` and the tiny VQIG on
+  it (``tiny_faces``; the baseline has no such rows) and of ``configs/*.yaml`` (``paper``); this
+  checkout's models in channels-last (their default) and once more in NCHW under bf16
+  (``channels_last=False``, the layout before);
 - rendering: :meth:`VQIG.render` frames/s (source encoded once, then batches of target
   coefficients) with the paper-scale VQIG architecture built at 128 and 256 px, batch 1 and 16,
   fp32 and bf16 autocast; ratio to real time (25 fps): above 1 renders faster than video plays.
